@@ -1,0 +1,167 @@
+"""Structured-config schemas (Hydra ConfigStore) and the value checks Hydra's types cannot express.
+
+The schemas make a misspelt key fail at compose time with the key named; :func:`validate`
+checks ranges and cross-field constraints and raises :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from rl_trust.errors import ConfigError
+
+ACTIVATIONS = ("tanh", "relu", "elu")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class EnvConfig:
+    id: str = MISSING
+    num_envs: int = 8
+    normalize_obs: bool = True
+    normalize_reward: bool = True
+    obs_clip: float = 10.0
+    reward_clip: float = 10.0
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra gymnasium.make keyword arguments
+
+
+@dataclass
+class RolloutConfig:
+    steps_per_env: int = 256
+
+
+@dataclass
+class PolicyConfig:
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+    log_std_init: float = 0.0
+    ortho_init: bool = True
+
+
+@dataclass
+class CriticConfig:
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+    ortho_init: bool = True
+    epochs: int = 10
+    minibatch_size: int = 64  # 0: the whole batch in one step
+    max_grad_norm: float | None = 0.5
+    clip_range: float | None = None
+    lr_anneal: bool = True
+    # A preset name (see rl_trust.critic_optim.PRESETS) or a dict with ``_target_`` (any optimizer class).
+    optim: Any = "adam"
+    lr: float | None = None  # the optimizer's lr (arTuRO: its KL bound); None: the preset's
+    # Further arguments over the preset's (add new ones with a leading +: +critic.optim_kwargs.eps=1e-8).
+    optim_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PPOConfig:
+    name: str = "ppo"
+    lr: float = 3e-4
+    epochs: int = 10
+    minibatch_size: int = 64
+    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    max_grad_norm: float | None = 0.5
+    target_kl: float | None = None
+    normalize_advantages: bool = True
+    lr_anneal: bool = True
+
+
+@dataclass
+class Config:
+    algo: Any = MISSING
+    env: EnvConfig = field(default_factory=EnvConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    seed: int = 0
+    total_steps: int = 1_000_000
+    device: str = "auto"
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    torch_threads: int = 1
+    eval_episodes: int = 10
+    checkpoint: bool = True
+    progress: bool = True
+
+
+ALGO_SCHEMAS: dict[str, type] = {"ppo": PPOConfig}
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    for name, schema in ALGO_SCHEMAS.items():
+        cs.store(group="algo", name=f"{name}_schema", node=schema)
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+
+def positive(cfg: DictConfig, key: str, *, allow_zero: bool = False) -> None:
+    value = OmegaConf.select(cfg, key)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (
+        value >= 0 if allow_zero else value > 0)
+    _require(ok, key, value, "must be >= 0" if allow_zero else "must be > 0")
+
+
+def optional_positive(cfg: DictConfig, key: str) -> None:
+    if OmegaConf.select(cfg, key) is not None:
+        positive(cfg, key)
+
+
+def in_range(cfg: DictConfig, key: str, low: float, high: float, *, closed: bool = False) -> None:
+    value = OmegaConf.select(cfg, key)
+    ok = low <= value <= high if closed else low < value < high
+    bounds = f"[{low}, {high}]" if closed else f"({low}, {high})"
+    _require(ok, key, value, f"must lie in {bounds}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every value range and cross-field constraint; raise ConfigError naming the key."""
+    algo = OmegaConf.select(cfg, "algo.name")
+    _require(algo in ALGO_SCHEMAS, "algo", algo, f"allowed: {', '.join(sorted(ALGO_SCHEMAS))}")
+    _require(cfg.device in DEVICES, "device", cfg.device, f"allowed: {', '.join(DEVICES)}")
+    for key in ("total_steps", "env.num_envs", "rollout.steps_per_env", "torch_threads", "eval_episodes",
+                "critic.epochs", "env.obs_clip", "env.reward_clip"):
+        positive(cfg, key)
+    positive(cfg, "critic.minibatch_size", allow_zero=True)
+    for key in ("gamma", "gae_lambda"):
+        in_range(cfg, key, 0.0, 1.0, closed=True)
+    for net in ("policy", "critic"):
+        _require(cfg[net].activation in ACTIVATIONS, f"{net}.activation", cfg[net].activation,
+                 f"allowed: {', '.join(ACTIVATIONS)}")
+        hidden = list(cfg[net].hidden)
+        _require(all(isinstance(h, int) and h > 0 for h in hidden), f"{net}.hidden", hidden,
+                 "must be a list of positive layer widths")
+    optional_positive(cfg, "critic.max_grad_norm")
+    optional_positive(cfg, "critic.clip_range")
+    batch = cfg.env.num_envs * cfg.rollout.steps_per_env
+    _require(cfg.critic.minibatch_size <= batch, "critic.minibatch_size", cfg.critic.minibatch_size,
+             f"must be at most the batch size env.num_envs * rollout.steps_per_env = {batch}")
+    _require(cfg.total_steps >= batch, "total_steps", cfg.total_steps,
+             f"must be at least one batch (env.num_envs * rollout.steps_per_env = {batch})")
+    VALIDATORS[algo](cfg, batch)
+
+
+def _validate_ppo(cfg: DictConfig, batch: int) -> None:
+    for key in ("algo.lr", "algo.epochs", "algo.minibatch_size", "algo.clip_range"):
+        positive(cfg, key)
+    positive(cfg, "algo.ent_coef", allow_zero=True)
+    optional_positive(cfg, "algo.max_grad_norm")
+    optional_positive(cfg, "algo.target_kl")
+    mb = cfg.algo.minibatch_size
+    _require(batch % mb == 0, "algo.minibatch_size", mb,
+             f"must divide the batch size env.num_envs * rollout.steps_per_env = {batch}")
+
+
+VALIDATORS = {"ppo": _validate_ppo}

@@ -1,0 +1,152 @@
+"""The one value-function trainer every policy updater shares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from hydra.utils import get_class
+from torch import Tensor, nn
+
+from rl_trust.batch import RolloutBatch, minibatch_indices
+from rl_trust.errors import ConfigError
+from rl_trust.policies import ValueNet
+
+# Named critic optimizers: ``critic.optim=NAME``; ``critic.optim_kwargs.KEY=...`` overrides an argument.
+PRESETS: dict[str, dict[str, Any]] = {
+    "adam": {"_target_": "torch.optim.Adam", "lr": 1e-3, "eps": 1e-5, "foreach": True},
+    "sgd": {"_target_": "torch.optim.SGD", "lr": 1e-2, "momentum": 0.9},
+}
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+def optimizer_factory(optim: str | Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> OptimizerFactory:
+    """Resolve ``critic.optim`` (a preset name or a ``{_target_: class, **kwargs}`` mapping).
+
+    The optimizer is built once on a dummy parameter so that a bad class or argument fails here,
+    at start-up, with the key named, not after the first rollout.
+    """
+    if isinstance(optim, str):
+        if optim not in PRESETS:
+            raise ConfigError(f"critic.optim={optim!r} is invalid: allowed: {', '.join(sorted(PRESETS))}, "
+                              "or a mapping with _target_ naming a torch.optim.Optimizer class")
+        spec = dict(PRESETS[optim])
+    elif isinstance(optim, Mapping) and "_target_" in optim:
+        spec = dict(optim)
+    else:
+        raise ConfigError(f"critic.optim={optim!r} is invalid: a preset name or a mapping with _target_")
+    spec.update(overrides or {})
+    target = spec.pop("_target_")
+    try:
+        cls = get_class(target)
+    except Exception as e:  # hydra raises ImportError or ValueError depending on what is missing
+        raise ConfigError(f"critic.optim._target_={target!r} cannot be imported: {e}") from None
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ConfigError(f"critic.optim._target_={target!r} is not a torch.optim.Optimizer subclass")
+    try:
+        cls([nn.Parameter(torch.zeros(1))], **spec)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"critic.optim={target} rejects its arguments {spec}: {e}") from None
+    return lambda params: cls(params, **spec)
+
+
+def explained_variance(pred: Tensor, target: Tensor) -> float:
+    """1 - Var[target - pred] / Var[target]; NaN when the target is constant."""
+    var = target.var()
+    return float("nan") if var == 0 else float(1 - (target - pred).var() / var)
+
+
+class Critic:
+    """Fits ``V(obs)`` to the GAE returns by minibatch regression.
+
+    ``make_optimizer(params)`` builds the optimizer (arTuRO, Adam or any ``torch.optim`` class).
+    The value net and optimizer state live on ``device``; a batch's observations cross to it once
+    per update (:meth:`evaluate` keeps the device copy for :meth:`update`).
+    """
+
+    def __init__(self, net: ValueNet, make_optimizer: OptimizerFactory, *, epochs: int,
+                 minibatch_size: int, max_grad_norm: float | None = None, clip_range: float | None = None,
+                 total_updates: int = 0, lr_anneal: bool = False, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.net = net.to(self.device)
+        self.optimizer = make_optimizer(self.net.parameters())
+        self.epochs, self.minibatch_size = epochs, minibatch_size
+        self.max_grad_norm, self.clip_range = max_grad_norm, clip_range
+        self.scheduler = None
+        if lr_anneal and total_updates > 0:
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda k: max(1.0 - k / total_updates, 0.0))
+        self._cache: tuple[Tensor, Tensor] | None = None
+
+    def _to_device(self, obs: Tensor) -> Tensor:
+        if self._cache is not None and self._cache[0] is obs:
+            return self._cache[1]
+        return obs.to(self.device, non_blocking=True)
+
+    @torch.no_grad()
+    def evaluate(self, batch: RolloutBatch) -> RolloutBatch:
+        """The batch with ``values`` = V(obs) and ``next_values`` = V(next_obs) filled (on the CPU)."""
+        obs = batch.obs.to(self.device, non_blocking=True)
+        self._cache = (batch.obs, obs)
+        both = self.net(torch.stack([obs, batch.next_obs.to(self.device, non_blocking=True)])).cpu()
+        return batch.replace(values=both[0], next_values=both[1])
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        """``epochs`` passes of minibatch regression on ``batch.returns``; returns the metrics."""
+        obs = self._to_device(batch.obs).reshape(len(batch), -1)
+        returns = batch.returns.reshape(-1).to(self.device)
+        old_values = batch.values.reshape(-1).to(self.device)
+        n = len(batch)
+        mb = n if self.minibatch_size <= 0 else self.minibatch_size
+        losses = []
+        for _ in range(self.epochs):
+            for idx in minibatch_indices(n, mb):
+                idx = idx.to(self.device)
+
+                def closure(idx: Tensor = idx) -> Tensor:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss = self._loss(obs[idx], returns[idx], old_values[idx])
+                    loss.backward()
+                    if self.max_grad_norm is not None:
+                        nn.utils.clip_grad_norm_(self.net.parameters(), self.max_grad_norm)
+                    return loss
+
+                losses.append(self.optimizer.step(closure).detach())
+        self._cache = None
+        if self.scheduler is not None:
+            self.scheduler.step()
+        with torch.no_grad():
+            pred = self.net(obs)
+        metrics = {
+            "losses/value": float(torch.stack(losses).mean()) if losses else float("nan"),
+            "losses/explained_variance": explained_variance(pred, returns),
+            "critic/lr": self.optimizer.param_groups[0]["lr"],
+        }
+        for i, group in enumerate(self.optimizer.param_groups):
+            suffix = "" if i == 0 else f"_{i}"
+            for key in ("eta", "kl"):
+                if key in group:
+                    metrics[f"optim/{key}{suffix}"] = float(group[key])
+        return metrics
+
+    def _loss(self, obs: Tensor, returns: Tensor, old_values: Tensor) -> Tensor:
+        values = self.net(obs)
+        loss = (values - returns).pow(2)
+        if self.clip_range is not None:
+            # PPO2-style value clipping (Engstrom et al. 2020 found it rarely helps; off by default).
+            clipped = old_values + (values - old_values).clamp(-self.clip_range, self.clip_range)
+            loss = torch.maximum(loss, (clipped - returns).pow(2))
+        return 0.5 * loss.mean()
+
+    def state_dict(self) -> dict:
+        return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+

@@ -1,0 +1,104 @@
+"""Running statistics for observation normalisation and reward scaling.
+
+Both keep float64 numpy state (the rollout side is numpy), expose ``state_dict`` /
+``load_state_dict`` so a checkpoint carries them, and can be frozen for evaluation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class RunningMeanStd:
+    """Mean and variance of a stream of batches (parallel algorithm of Chan et al., 1979)."""
+
+    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4):
+        self.mean = np.zeros(shape, np.float64)
+        self.var = np.ones(shape, np.float64)
+        # A tiny prior count keeps the first update well defined (as in OpenAI baselines).
+        self.count = epsilon
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, np.float64)
+        batch_mean, batch_var, n = x.mean(axis=0), x.var(axis=0), x.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + n
+        self.mean = self.mean + delta * n / total
+        m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
+        self.var = m2 / total
+        self.count = total
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean.copy(), "var": self.var.copy(), "count": float(self.count)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean = np.array(state["mean"], np.float64)
+        self.var = np.array(state["var"], np.float64)
+        self.count = float(state["count"])
+
+
+class ObsNormalizer:
+    """``clip((obs - mean) / sqrt(var + eps), -clip, clip)`` with running statistics.
+
+    ``enabled=False`` makes it the identity (float32 cast only); ``frozen=True`` stops updates.
+    """
+
+    def __init__(self, shape: tuple[int, ...], *, enabled: bool = True, clip: float = 10.0, eps: float = 1e-8):
+        self.rms = RunningMeanStd(shape)
+        self.enabled, self.clip, self.eps = enabled, clip, eps
+        self.frozen = False
+
+    def update(self, obs: np.ndarray) -> None:
+        if self.enabled and not self.frozen:
+            self.rms.update(obs)
+
+    def normalize(self, obs: np.ndarray) -> np.ndarray:
+        if not self.enabled:
+            return np.asarray(obs, np.float32)
+        out = (obs - self.rms.mean) / np.sqrt(self.rms.var + self.eps)
+        return np.clip(out, -self.clip, self.clip).astype(np.float32)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        """Update with ``obs`` (unless frozen) and return it normalised."""
+        self.update(obs)
+        return self.normalize(obs)
+
+    def state_dict(self) -> dict:
+        return {"rms": self.rms.state_dict(), "enabled": self.enabled, "clip": self.clip}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rms.load_state_dict(state["rms"])
+        self.enabled, self.clip = bool(state["enabled"]), float(state["clip"])
+
+
+class RewardScaler:
+    """Divide rewards by the running std of the discounted return (no mean subtraction).
+
+    The "reward scaling" of Engstrom et al. 2020 (arXiv 2005.12729, sec. 3) and SB3's
+    VecNormalize: the return accumulator is reset where an episode ends (terminated or truncated).
+    """
+
+    def __init__(self, num_envs: int, gamma: float, *, enabled: bool = True, clip: float = 10.0, eps: float = 1e-8):
+        self.rms = RunningMeanStd(())
+        self.ret = np.zeros(num_envs, np.float64)
+        self.gamma, self.enabled, self.clip, self.eps = gamma, enabled, clip, eps
+        self.frozen = False
+
+    def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
+        if not self.enabled:
+            return np.asarray(rewards, np.float32)
+        if not self.frozen:
+            self.ret = self.ret * self.gamma + rewards
+            self.rms.update(self.ret)
+            self.ret[dones] = 0.0
+        scaled = rewards / np.sqrt(self.rms.var + self.eps)
+        return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
+
+    def state_dict(self) -> dict:
+        return {"rms": self.rms.state_dict(), "ret": self.ret.copy(), "enabled": self.enabled}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rms.load_state_dict(state["rms"])
+        if state["ret"].shape == self.ret.shape:
+            self.ret = np.array(state["ret"], np.float64)
+        self.enabled = bool(state["enabled"])

@@ -1,0 +1,106 @@
+"""The rollout worker: steps the vector env with the current policy and fills a RolloutBatch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rl_trust.batch import RolloutBatch
+from rl_trust.normalization import ObsNormalizer, RewardScaler
+from rl_trust.policies import Actor
+
+
+@dataclass
+class EpisodeStats:
+    """Raw (unnormalised) returns and lengths of the episodes finished during one collect."""
+
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+
+
+class RolloutWorker:
+    """Steps ``envs`` for ``steps_per_env`` steps per :meth:`collect`, the policy queried in one batch.
+
+    Buffers are preallocated once; the policy runs under ``torch.no_grad``. Box actions are stored
+    unclipped (their log-probability is of the sampled action) and clipped only for the env.
+    """
+
+    def __init__(self, envs: gym.vector.VectorEnv, actor: Actor, obs_norm: ObsNormalizer,
+                 reward_scaler: RewardScaler, steps_per_env: int, seed: int | None):
+        self.envs, self.actor, self.obs_norm, self.reward_scaler = envs, actor, obs_norm, reward_scaler
+        self.T, self.N = steps_per_env, envs.num_envs
+        space = envs.single_action_space
+        self.continuous = isinstance(space, gym.spaces.Box)
+        if self.continuous:
+            self.low, self.high = space.low, space.high
+        obs_shape = envs.single_observation_space.shape
+        act_shape, act_dtype = (space.shape, np.float32) if self.continuous else ((), np.int64)
+        T, N = self.T, self.N
+        self._obs = np.zeros((T, N, *obs_shape), np.float32)
+        self._next_obs = np.zeros((T, N, *obs_shape), np.float32)
+        self._actions = np.zeros((T, N, *act_shape), act_dtype)
+        self._log_probs = np.zeros((T, N), np.float32)
+        self._rewards = np.zeros((T, N), np.float32)
+        self._terminated = np.zeros((T, N), bool)
+        self._truncated = np.zeros((T, N), bool)
+        raw, _ = envs.reset(seed=seed)
+        self.obs = obs_norm(raw)
+        self.ep_return = np.zeros(N, np.float64)
+        self.ep_length = np.zeros(N, np.int64)
+
+    def collect(self) -> tuple[RolloutBatch, EpisodeStats]:
+        stats = EpisodeStats()
+        dist = self.actor.dist
+        for t in range(self.T):
+            with torch.no_grad():
+                params = self.actor(torch.from_numpy(self.obs))
+                action = dist.sample(params)
+                log_prob = dist.log_prob(params, action)
+            action = action.numpy()
+            env_action = np.clip(action, self.low, self.high) if self.continuous else action
+            raw, reward, terminated, truncated, infos = self.envs.step(env_action)
+            done = terminated | truncated
+
+            self.ep_return += reward
+            self.ep_length += 1
+            final = raw
+            if done.any():
+                # SAME_STEP autoreset: ``raw`` already holds the reset observation of finished envs.
+                idx = np.flatnonzero(infos["_final_obs"])
+                final = raw.copy()
+                final[idx] = np.stack(infos["final_obs"][idx])
+                stats.returns.extend(self.ep_return[done].tolist())
+                stats.lengths.extend(self.ep_length[done].tolist())
+                self.ep_return[done] = 0.0
+                self.ep_length[done] = 0
+
+            self.obs_norm.update(raw)
+            self._obs[t] = self.obs
+            self._next_obs[t] = self.obs_norm.normalize(final)
+            self._actions[t] = action
+            self._log_probs[t] = log_prob.numpy()
+            self._rewards[t] = self.reward_scaler(reward, done)
+            self._terminated[t] = terminated
+            self._truncated[t] = truncated
+            self.obs = self.obs_norm.normalize(raw) if done.any() else self._next_obs[t].copy()
+
+        batch = RolloutBatch(
+            obs=torch.tensor(self._obs),
+            next_obs=torch.tensor(self._next_obs),
+            actions=torch.tensor(self._actions),
+            log_probs=torch.tensor(self._log_probs),
+            rewards=torch.tensor(self._rewards),
+            terminated=torch.tensor(self._terminated),
+            truncated=torch.tensor(self._truncated),
+        )
+        return batch, stats
+
+    def state_dict(self) -> dict:
+        return {"obs_norm": self.obs_norm.state_dict(), "reward_scaler": self.reward_scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.obs_norm.load_state_dict(state["obs_norm"])
+        self.reward_scaler.load_state_dict(state["reward_scaler"])

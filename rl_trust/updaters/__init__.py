@@ -1,0 +1,22 @@
+"""Policy updaters, side by side: each one a module, none inheriting another."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from rl_trust.policies import Actor
+from rl_trust.updaters.base import Updater
+from rl_trust.updaters.ppo import PPO
+
+
+def make_updater(cfg: DictConfig, actor: Actor, *, total_updates: int) -> Updater:
+    """Build the updater ``cfg.name`` names, the actor's parameters passed explicitly."""
+    if cfg.name == "ppo":
+        return PPO(actor, lr=cfg.lr, epochs=cfg.epochs, minibatch_size=cfg.minibatch_size,
+                   clip_range=cfg.clip_range, ent_coef=cfg.ent_coef, max_grad_norm=cfg.max_grad_norm,
+                   target_kl=cfg.target_kl, normalize_advantages=cfg.normalize_advantages,
+                   lr_anneal=cfg.lr_anneal, total_updates=total_updates)
+    raise ValueError(f"algo.name={cfg.name!r} has no updater")
+
+
+__all__ = ["Updater", "make_updater"]

@@ -1,0 +1,72 @@
+"""PPO-clip (Schulman et al. 2017, arXiv 1707.06347, eq. 7)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rl_trust.batch import RolloutBatch
+from rl_trust.policies import Actor
+from rl_trust.updaters.common import (
+    PolicyData,
+    annealed_lr,
+    approx_kl,
+    minibatch_epochs,
+    normalize,
+    policy_data,
+    policy_shift,
+)
+
+
+class PPO:
+    """Maximise E[min(r A, clip(r, 1-ε, 1+ε) A)] + c_ent H over minibatch epochs (Adam)."""
+
+    def __init__(self, actor: Actor, *, lr: float, epochs: int, minibatch_size: int, clip_range: float,
+                 ent_coef: float = 0.0, max_grad_norm: float | None = 0.5, target_kl: float | None = None,
+                 normalize_advantages: bool = True, lr_anneal: bool = True, total_updates: int = 0,
+                 adam_eps: float = 1e-5):
+        self.actor = actor
+        self.params = list(actor.parameters())
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, eps=adam_eps, foreach=True)
+        self.lr, self.epochs, self.minibatch_size = lr, epochs, minibatch_size
+        self.clip_range, self.ent_coef, self.max_grad_norm = clip_range, ent_coef, max_grad_norm
+        self.target_kl, self.normalize_advantages = target_kl, normalize_advantages
+        self.lr_anneal, self.total_updates = lr_anneal, total_updates
+        self.num_updates = 0
+
+    def loss(self, mb: PolicyData) -> tuple[Tensor, dict[str, Tensor]]:
+        params = self.actor(mb.obs)
+        dist = self.actor.dist
+        log_ratio = dist.log_prob(params, mb.actions) - mb.log_probs
+        ratio = log_ratio.exp()
+        adv = normalize(mb.advantages) if self.normalize_advantages else mb.advantages
+        surrogate = torch.min(ratio * adv, ratio.clamp(1 - self.clip_range, 1 + self.clip_range) * adv).mean()
+        entropy = dist.entropy(params).mean()
+        with torch.no_grad():
+            info = {"losses/policy": -surrogate.detach(), "losses/entropy": entropy.detach(),
+                    "approx_kl": approx_kl(log_ratio),
+                    "losses/clipfrac": ((ratio - 1).abs() > self.clip_range).float().mean()}
+        return -surrogate - self.ent_coef * entropy, info
+
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        lr = self.lr
+        if self.lr_anneal:
+            lr = annealed_lr(self.optimizer, self.lr, self.num_updates, self.total_updates)
+        data = policy_data(batch, self.actor)
+        out = minibatch_epochs(data, self.loss, self.optimizer, self.params, epochs=self.epochs,
+                               minibatch_size=self.minibatch_size, max_grad_norm=self.max_grad_norm,
+                               target_kl=self.target_kl)
+        self.num_updates += 1
+        out.pop("approx_kl", None)
+        out.update(policy_shift(self.actor, data))
+        out["charts/policy_lr"] = lr
+        if self.actor.continuous:
+            out["policy/std"] = float(self.actor.log_std.detach().exp().mean())
+        return out
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "num_updates": self.num_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.num_updates = int(state["num_updates"])

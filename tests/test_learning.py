@@ -1,0 +1,13 @@
+"""Learning tests: each updater must solve Pendulum-v1 (random policy: about -1200; solved: above -200)."""
+
+from conftest import make_cfg
+
+from rl_trust.train import run
+
+THRESHOLD = -400.0
+
+
+def test_ppo_learns_pendulum(tmp_path):
+    metrics = run(make_cfg("algo=ppo", "env=Pendulum", "total_steps=120000", "progress=false", "checkpoint=false"),
+                  tmp_path)
+    assert metrics["eval/mean_return"] > THRESHOLD, metrics

@@ -1,0 +1,87 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from rl_trust.envs import make_vec_env
+from rl_trust.errors import ConfigError
+from rl_trust.normalization import ObsNormalizer, RewardScaler
+from rl_trust.policies import Actor
+from rl_trust.rollout import RolloutWorker
+
+
+class CounterEnv(gym.Env):
+    """obs = [steps taken in this episode, 100 * episodes started]; terminates on action 1 after step 2."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self):
+        self.t, self.episode = 0, -1
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.episode = 0, self.episode + 1
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        terminated = bool(action == 1 and self.t >= 3)
+        return self._obs(), float(self.t), terminated, False, {}
+
+    def _obs(self):
+        return np.array([self.t, 100 * self.episode], np.float32)
+
+
+gym.register("rl_trust_test/Counter-v0", entry_point=CounterEnv, max_episode_steps=5)
+
+
+def test_no_fake_transition_across_resets_and_final_obs_kept():
+    torch.manual_seed(0)
+    envs = make_vec_env("rl_trust_test/Counter-v0", 3, seed=0)
+    actor = Actor(2, envs.single_action_space, [8], "tanh")
+    worker = RolloutWorker(envs, actor, ObsNormalizer((2,), enabled=False), RewardScaler(3, 0.99, enabled=False),
+                           steps_per_env=40, seed=0)
+    batch, stats = worker.collect()
+    obs, nxt = batch.obs.numpy(), batch.next_obs.numpy()
+    term, trunc = batch.terminated.numpy(), batch.truncated.numpy()
+    assert term.any() and trunc.any()
+    done = term | trunc
+    # Every transition stays inside one episode and advances its counter by exactly one.
+    np.testing.assert_array_equal(nxt[..., 1], obs[..., 1])
+    np.testing.assert_array_equal(nxt[..., 0], obs[..., 0] + 1)
+    # The reward of every step is the counter it reached: no reward belongs to a reset.
+    np.testing.assert_array_equal(batch.rewards.numpy(), nxt[..., 0])
+    # Time-limit truncations happen at the limit, and after any end the next step starts a new episode.
+    assert np.all(nxt[..., 0][trunc] == 5)
+    t_idx, n_idx = np.nonzero(done[:-1])
+    np.testing.assert_array_equal(obs[t_idx + 1, n_idx, 0], 0)
+    np.testing.assert_array_equal(obs[t_idx + 1, n_idx, 1], obs[t_idx, n_idx, 1] + 100)
+    # Episode statistics are raw returns of completed episodes.
+    assert len(stats.returns) == int(done.sum())
+    assert all(r == length * (length + 1) / 2 for r, length in zip(stats.returns, stats.lengths, strict=True))
+
+
+def test_box_actions_stored_unclipped():
+    torch.manual_seed(0)
+    envs = make_vec_env("Pendulum-v1", 2, seed=0)
+    actor = Actor(3, envs.single_action_space, [8], "tanh", log_std_init=2.0)  # std e^2 > the bound of 2
+    worker = RolloutWorker(envs, actor, ObsNormalizer((3,)), RewardScaler(2, 0.99), steps_per_env=50, seed=0)
+    batch, _ = worker.collect()
+    assert batch.actions.abs().max() > 2.0
+    params = actor(batch.obs)
+    torch.testing.assert_close(actor.dist.log_prob(params, batch.actions), batch.log_probs, atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_env_id_is_named():
+    with pytest.raises(ConfigError, match="env.id='HalfCheeta-v5'.*HalfCheetah-v5"):
+        make_vec_env("HalfCheeta-v5", 1)
+
+
+def test_unsupported_action_space_is_rejected():
+    class TupleEnv(CounterEnv):
+        action_space = gym.spaces.MultiBinary(3)
+
+    gym.register("rl_trust_test/Tuple-v0", entry_point=TupleEnv, max_episode_steps=5)
+    with pytest.raises(ConfigError, match="action space"):
+        make_vec_env("rl_trust_test/Tuple-v0", 1)

@@ -1,0 +1,107 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CONFIGS, ROOT, make_cfg, run_cli, tiny
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from rl_trust.config import validate
+from rl_trust.errors import ConfigError
+from rl_trust.train import run
+
+ALGOS = sorted(p.stem for p in (CONFIGS / "algo").glob("*.yaml"))
+ENVS = sorted(p.stem for p in (CONFIGS / "env").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("env", ENVS)
+def test_every_config_group_composes_and_validates(algo, env):
+    cfg = make_cfg(f"algo={algo}", f"env={env}")
+    validate(cfg)
+    assert cfg.algo.name == algo
+
+
+def test_misspelt_key_fails_at_compose_time():
+    with pytest.raises(Exception, match="lrr"):
+        make_cfg("algo.lrr=0.1")
+
+
+@pytest.mark.parametrize("override, key", [
+    ("total_steps=0", "total_steps"),
+    ("env.num_envs=-1", "env.num_envs"),
+    ("rollout.steps_per_env=0", "rollout.steps_per_env"),
+    ("algo.minibatch_size=100", "algo.minibatch_size"),
+    ("gamma=1.5", "gamma"),
+    ("device=tpu", "device"),
+    ("policy.activation=swish", "policy.activation"),
+    ("critic.optim=adamw_typo", "critic.optim"),
+    ("critic.lr=-1", "critic.optim"),
+    ("+critic.optim_kwargs.betas=[2,0]", "critic.optim"),
+])
+def test_bad_values_raise_config_error_naming_the_key(override, key, tmp_path):
+    cfg = make_cfg("env=Pendulum", override)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        run(cfg, tmp_path)
+
+
+def test_cli_bad_input_one_line_error_nonzero_exit_and_no_run_dir(tmp_path):
+    proc = run_cli("env=Pendulum", "algo.minibatch_size=100", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "algo.minibatch_size=100" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    proc = run_cli("env.id=NoSuchEnv-v0", cwd=tmp_path)
+    assert proc.returncode != 0 and "env.id='NoSuchEnv-v0'" in proc.stderr
+    proc = run_cli("algo=sarsa", cwd=tmp_path)
+    assert proc.returncode != 0 and "ppo" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_smoke_run_each_env(env, tmp_path):
+    metrics = run(make_cfg(f"env={env}", *tiny()), tmp_path)
+    assert (tmp_path / "metrics.json").exists() and (tmp_path / "checkpoint.pt").exists()
+    assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(metrics, nan_ok=True)
+    assert metrics["train/global_step"] == 128
+
+
+def test_tensorboard_tags_and_steps(tmp_path):
+    run(make_cfg("env=Pendulum", *tiny("total_steps=600", "rollout.steps_per_env=100", "algo.minibatch_size=40")), tmp_path)
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    expected = {"charts/episodic_return", "charts/episodic_length", "losses/policy", "losses/value",
+                "losses/entropy", "losses/approx_kl", "losses/clipfrac", "losses/explained_variance", "time/sps"}
+    assert expected <= tags, expected - tags
+    assert [e.step for e in acc.Scalars("losses/policy")] == [200, 400, 600]
+    assert "config/text_summary" in acc.Tags()["tensors"]
+
+
+def test_same_seed_same_metrics(tmp_path):
+    short = ("total_steps=400", "rollout.steps_per_env=100", "algo.minibatch_size=40")
+    cfg = make_cfg("env=Pendulum", *tiny(*short))
+    a = run(cfg, tmp_path / "a")
+    b = run(cfg, tmp_path / "b")
+    c = run(make_cfg("env=Pendulum", *tiny(*short, "seed=1")), tmp_path / "c")
+    strip = lambda m: {k: v for k, v in m.items() if not k.startswith(("train/time", "train/sps"))}
+    assert all(v == v for v in a.values())  # no NaN: every metric is compared
+    assert strip(a) == strip(b)
+    assert strip(a) != strip(c)
+
+
+def test_checkpoint_evaluates_with_script(tmp_path):
+    run(make_cfg("env=CartPole", *tiny()), tmp_path)
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), str(tmp_path / "checkpoint.pt"),
+                           "--episodes", "3"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["env"] == "CartPole-v1" and out["eval/episodes"] == 3 and out["eval/mean_return"] > 0
+
+
+def test_cli_run_and_multirun(tmp_path):
+    proc = run_cli("env=CartPole", *tiny(), "hydra.run.dir=out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "metrics.json").exists()
+    proc = run_cli("-m", "env=CartPole", *tiny(), "seed=0,1", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(Path(tmp_path, "sweep").glob("*/metrics.json"))) == 2
