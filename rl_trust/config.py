@@ -75,6 +75,21 @@ class PPOConfig:
 
 
 @dataclass
+class TRPOConfig:
+    name: str = "trpo"
+    max_kl: float = 0.01
+    cg_iters: int = 10
+    cg_damping: float = 0.1
+    backtrack_coeff: float = 0.8
+    max_backtracks: int = 10
+    accept_ratio: float = 0.0  # minimum actual/expected improvement; 0: any improvement
+    fvp_subsample: float = 1.0  # fraction of the batch the Fisher-vector products use
+    ent_coef: float = 0.0
+    normalize_advantages: bool = True
+    max_nan_updates: int = 10
+
+
+@dataclass
 class Config:
     algo: Any = MISSING
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -92,7 +107,7 @@ class Config:
     progress: bool = True
 
 
-ALGO_SCHEMAS: dict[str, type] = {"ppo": PPOConfig}
+ALGO_SCHEMAS: dict[str, type] = {"ppo": PPOConfig, "trpo": TRPOConfig}
 
 
 def register_configs() -> None:
@@ -164,4 +179,14 @@ def _validate_ppo(cfg: DictConfig, batch: int) -> None:
              f"must divide the batch size env.num_envs * rollout.steps_per_env = {batch}")
 
 
-VALIDATORS = {"ppo": _validate_ppo}
+def _validate_trpo(cfg: DictConfig, batch: int) -> None:
+    for key in ("algo.max_kl", "algo.cg_iters", "algo.max_backtracks", "algo.max_nan_updates"):
+        positive(cfg, key)
+    for key in ("algo.cg_damping", "algo.accept_ratio", "algo.ent_coef"):
+        positive(cfg, key, allow_zero=True)
+    in_range(cfg, "algo.backtrack_coeff", 0.0, 1.0)
+    value = cfg.algo.fvp_subsample
+    _require(0.0 < value <= 1.0, "algo.fvp_subsample", value, "must lie in (0, 1]")
+
+
+VALIDATORS = {"ppo": _validate_ppo, "trpo": _validate_trpo}
