@@ -90,6 +90,24 @@ class TRPOConfig:
 
 
 @dataclass
+class KLPenaltyConfig:
+    name: str = "kl_penalty"
+    lr: float = 3e-4
+    epochs: int = 10
+    minibatch_size: int = 64
+    kl_target: float = 0.01
+    beta: float = 1.0  # initial β (the only β when adaptive is false)
+    adaptive: bool = True
+    beta_min: float = 1e-4
+    beta_max: float = 1e4
+    clip_range: float | None = None  # also clip the ratio (RLlib-style); null: the pure penalty
+    ent_coef: float = 0.0
+    max_grad_norm: float | None = 0.5
+    normalize_advantages: bool = True
+    lr_anneal: bool = True
+
+
+@dataclass
 class Config:
     algo: Any = MISSING
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -107,7 +125,7 @@ class Config:
     progress: bool = True
 
 
-ALGO_SCHEMAS: dict[str, type] = {"ppo": PPOConfig, "trpo": TRPOConfig}
+ALGO_SCHEMAS: dict[str, type] = {"ppo": PPOConfig, "trpo": TRPOConfig, "kl_penalty": KLPenaltyConfig}
 
 
 def register_configs() -> None:
@@ -168,15 +186,34 @@ def validate(cfg: DictConfig) -> None:
     VALIDATORS[algo](cfg, batch)
 
 
-def _validate_ppo(cfg: DictConfig, batch: int) -> None:
-    for key in ("algo.lr", "algo.epochs", "algo.minibatch_size", "algo.clip_range"):
+def _validate_minibatch_algo(cfg: DictConfig, batch: int) -> None:
+    for key in ("algo.lr", "algo.epochs", "algo.minibatch_size"):
         positive(cfg, key)
     positive(cfg, "algo.ent_coef", allow_zero=True)
     optional_positive(cfg, "algo.max_grad_norm")
-    optional_positive(cfg, "algo.target_kl")
     mb = cfg.algo.minibatch_size
     _require(batch % mb == 0, "algo.minibatch_size", mb,
              f"must divide the batch size env.num_envs * rollout.steps_per_env = {batch}")
+
+
+def _validate_ppo(cfg: DictConfig, batch: int) -> None:
+    _validate_minibatch_algo(cfg, batch)
+    positive(cfg, "algo.clip_range")
+    optional_positive(cfg, "algo.target_kl")
+
+
+def _validate_kl_penalty(cfg: DictConfig, batch: int) -> None:
+    _validate_minibatch_algo(cfg, batch)
+    positive(cfg, "algo.kl_target")
+    optional_positive(cfg, "algo.clip_range")
+    for key in ("algo.beta", "algo.beta_min"):
+        positive(cfg, key, allow_zero=True)
+    positive(cfg, "algo.beta_max")
+    a = cfg.algo
+    _require(a.beta_min <= a.beta_max, "algo.beta_min", a.beta_min, f"must be <= algo.beta_max={a.beta_max}")
+    if a.adaptive:
+        _require(a.beta_min <= a.beta <= a.beta_max, "algo.beta", a.beta,
+                 f"must lie in [algo.beta_min, algo.beta_max] = [{a.beta_min}, {a.beta_max}]")
 
 
 def _validate_trpo(cfg: DictConfig, batch: int) -> None:
@@ -189,4 +226,4 @@ def _validate_trpo(cfg: DictConfig, batch: int) -> None:
     _require(0.0 < value <= 1.0, "algo.fvp_subsample", value, "must lie in (0, 1]")
 
 
-VALIDATORS = {"ppo": _validate_ppo, "trpo": _validate_trpo}
+VALIDATORS = {"ppo": _validate_ppo, "trpo": _validate_trpo, "kl_penalty": _validate_kl_penalty}

@@ -22,11 +22,12 @@ class Logger:
         self.progress = progress
         self.step = 0
 
-    def log(self, metrics: dict[str, float], step: int) -> None:
+    def log(self, metrics: dict[str, float], step: int, recent_return: float | None = None) -> None:
+        """Write ``metrics`` at ``step``; the progress display shows ``recent_return`` (mean of recent episodes)."""
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.writer.add_scalar(key, value, step)
-        recent = metrics.get("charts/episodic_return")
+        recent = recent_return
         sps = metrics.get("time/sps", float("nan"))
         if self.bar is not None:
             self.bar.update(step - self.step)

@@ -98,7 +98,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, float]:
             if episodes.returns:
                 metrics["charts/episodic_return"] = float(np.mean(episodes.returns))
                 metrics["charts/episodic_length"] = float(np.mean(episodes.lengths))
-            logger.log(metrics, global_step)
+            logger.log(metrics, global_step, float(np.mean(recent_returns)) if recent_returns else None)
     finally:
         logger.close()
         envs.close()
