@@ -1,0 +1,5 @@
+"""Optimizers."""
+
+from rl_trust.optim.arturo import Arturo
+
+__all__ = ["Arturo"]
