@@ -54,7 +54,7 @@ class CriticConfig:
     clip_range: float | None = None
     lr_anneal: bool = True
     # A preset name (see rl_trust.critic_optim.PRESETS) or a dict with ``_target_`` (any optimizer class).
-    optim: Any = "adam"
+    optim: Any = "arturo"
     lr: float | None = None  # the optimizer's lr (arTuRO: its KL bound); None: the preset's
     # Further arguments over the preset's (add new ones with a leading +: +critic.optim_kwargs.eps=1e-8).
     optim_kwargs: dict[str, Any] = field(default_factory=dict)

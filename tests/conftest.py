@@ -21,10 +21,11 @@ def make_cfg(*overrides: str):
         return compose("config", overrides=list(overrides))
 
 
-def tiny(*overrides: str) -> list[str]:
-    """Overrides for a run of a few hundred steps."""
-    return ["env.num_envs=2", "rollout.steps_per_env=32", "total_steps=128", "eval_episodes=2",
-            "progress=false", "algo.minibatch_size=16", "critic.minibatch_size=16", *overrides]
+def tiny(*overrides: str, algo: str = "trpo") -> list[str]:
+    """Overrides for a run of a few hundred steps with ``algo``."""
+    minibatch = [] if algo == "trpo" else ["algo.minibatch_size=16"]
+    return [f"algo={algo}", "env.num_envs=2", "rollout.steps_per_env=32", "total_steps=128", "eval_episodes=2",
+            "progress=false", "critic.minibatch_size=16", *minibatch, *overrides]
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -28,26 +28,36 @@ def test_misspelt_key_fails_at_compose_time():
         make_cfg("algo.lrr=0.1")
 
 
-@pytest.mark.parametrize("override, key", [
-    ("total_steps=0", "total_steps"),
-    ("env.num_envs=-1", "env.num_envs"),
-    ("rollout.steps_per_env=0", "rollout.steps_per_env"),
-    ("algo.minibatch_size=100", "algo.minibatch_size"),
-    ("gamma=1.5", "gamma"),
-    ("device=tpu", "device"),
-    ("policy.activation=swish", "policy.activation"),
-    ("critic.optim=adamw_typo", "critic.optim"),
-    ("critic.lr=-1", "critic.optim"),
-    ("+critic.optim_kwargs.betas=[2,0]", "critic.optim"),
+@pytest.mark.parametrize("overrides, key", [
+    (["total_steps=0"], "total_steps"),
+    (["env.num_envs=-1"], "env.num_envs"),
+    (["rollout.steps_per_env=0"], "rollout.steps_per_env"),
+    (["algo=ppo", "algo.minibatch_size=100"], "algo.minibatch_size"),
+    (["gamma=1.5"], "gamma"),
+    (["device=tpu"], "device"),
+    (["policy.activation=swish"], "policy.activation"),
+    (["critic.optim=adamw_typo"], "critic.optim"),
+    (["critic.lr=-1"], "critic.optim"),
+    (["critic.optim=adam", "+critic.optim_kwargs.betas=[2,0]"], "critic.optim"),
+    (["critic.minibatch_size=100000"], "critic.minibatch_size"),
+    (["algo=trpo", "algo.max_kl=0"], "algo.max_kl"),
+    (["algo=trpo", "algo.cg_iters=0"], "algo.cg_iters"),
+    (["algo=trpo", "algo.backtrack_coeff=1.5"], "algo.backtrack_coeff"),
+    (["algo=trpo", "algo.cg_damping=-0.1"], "algo.cg_damping"),
+    (["algo=trpo", "algo.fvp_subsample=0"], "algo.fvp_subsample"),
+    (["algo=kl_penalty", "algo.kl_target=0"], "algo.kl_target"),
+    (["algo=kl_penalty", "algo.beta=-1"], "algo.beta"),
+    (["algo=kl_penalty", "algo.beta_min=10", "algo.beta_max=1"], "algo.beta_min"),
 ])
-def test_bad_values_raise_config_error_naming_the_key(override, key, tmp_path):
-    cfg = make_cfg("env=Pendulum", override)
+def test_bad_values_raise_config_error_naming_the_key(overrides, key, tmp_path):
+    cfg = make_cfg("env=Pendulum", *overrides)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         run(cfg, tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_cli_bad_input_one_line_error_nonzero_exit_and_no_run_dir(tmp_path):
-    proc = run_cli("env=Pendulum", "algo.minibatch_size=100", cwd=tmp_path)
+    proc = run_cli("algo=ppo", "env=Pendulum", "algo.minibatch_size=100", cwd=tmp_path)
     assert proc.returncode != 0
     assert "algo.minibatch_size=100" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
@@ -57,16 +67,18 @@ def test_cli_bad_input_one_line_error_nonzero_exit_and_no_run_dir(tmp_path):
     assert proc.returncode != 0 and "ppo" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("env", ENVS)
-def test_smoke_run_each_env(env, tmp_path):
-    metrics = run(make_cfg(f"env={env}", *tiny()), tmp_path)
+def test_smoke_run_each_env_and_algo(env, algo, tmp_path):
+    metrics = run(make_cfg(f"env={env}", *tiny(algo=algo)), tmp_path)
     assert (tmp_path / "metrics.json").exists() and (tmp_path / "checkpoint.pt").exists()
     assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(metrics, nan_ok=True)
     assert metrics["train/global_step"] == 128
 
 
 def test_tensorboard_tags_and_steps(tmp_path):
-    run(make_cfg("env=Pendulum", *tiny("total_steps=600", "rollout.steps_per_env=100", "algo.minibatch_size=40")), tmp_path)
+    run(make_cfg("env=Pendulum", *tiny("total_steps=600", "rollout.steps_per_env=100", "algo.minibatch_size=40",
+                                       algo="ppo")), tmp_path)
     acc = EventAccumulator(str(tmp_path))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
@@ -77,12 +89,14 @@ def test_tensorboard_tags_and_steps(tmp_path):
     assert "config/text_summary" in acc.Tags()["tensors"]
 
 
-def test_same_seed_same_metrics(tmp_path):
-    short = ("total_steps=400", "rollout.steps_per_env=100", "algo.minibatch_size=40")
-    cfg = make_cfg("env=Pendulum", *tiny(*short))
+@pytest.mark.parametrize("algo", ALGOS)
+def test_same_seed_same_metrics(algo, tmp_path):
+    short = ("total_steps=400", "rollout.steps_per_env=100", "critic.minibatch_size=40")
+    short += () if algo == "trpo" else ("algo.minibatch_size=40",)
+    cfg = make_cfg("env=Pendulum", *tiny(*short, algo=algo))
     a = run(cfg, tmp_path / "a")
     b = run(cfg, tmp_path / "b")
-    c = run(make_cfg("env=Pendulum", *tiny(*short, "seed=1")), tmp_path / "c")
+    c = run(make_cfg("env=Pendulum", *tiny(*short, "seed=1", algo=algo)), tmp_path / "c")
     strip = lambda m: {k: v for k, v in m.items() if not k.startswith(("train/time", "train/sps"))}
     assert all(v == v for v in a.values())  # no NaN: every metric is compared
     assert strip(a) == strip(b)

@@ -16,6 +16,10 @@ from rl_trust.updaters.trust_region import (
 )
 
 
+SPACES = pytest.mark.parametrize("space", [gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(3)],
+                                 ids=["gaussian", "categorical"])
+
+
 def random_spd(n, cond, seed):
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
@@ -61,7 +65,7 @@ def tiny_actor(space):
     return actor
 
 
-@pytest.mark.parametrize("space", [gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(3)], ids=["gaussian", "categorical"])
+@SPACES
 def test_fisher_vector_product_matches_explicit_kl_hessian(space):
     actor = tiny_actor(space)
     obs = torch.randn(16, 3, dtype=torch.float64)
@@ -97,7 +101,7 @@ def make_batch(actor, seed=0, T=64, N=4):
                         truncated=z.bool(), values=z, next_values=z, advantages=adv, returns=adv)
 
 
-@pytest.mark.parametrize("space", [gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(3)], ids=["gaussian", "categorical"])
+@SPACES
 def test_trpo_update_improves_surrogate_within_kl_bound(space):
     torch.manual_seed(0)
     actor = Actor(3, space, [16], "tanh")

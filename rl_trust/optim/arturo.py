@@ -23,8 +23,8 @@ class Arturo(Optimizer):
         \begin{aligned}
         &\textbf{filter:}\ P \mathrel{+}= qI;\ K = P h / (h^\top P h + r),\ h = (1, \mu);\
             (b, a) \mathrel{+}= K\,(g - a\mu - b);\ P \mathrel{-}= K h^\top P \\
-        &\textbf{step:}\ \mu' - \mu = -\frac{\bar a\mu + b + \lambda\Lambda_0\mu}{\bar a + \lambda\Lambda_0 + \eta\Lambda},
-            \quad \bar a = \max(a, a_{\min}) \\
+        &\textbf{step:}\ \mu' - \mu = -\frac{\bar a\mu + b + \lambda\Lambda_0\mu}
+            {\bar a + \lambda\Lambda_0 + \eta\Lambda}, \quad \bar a = \max(a, a_{\min}) \\
         &\textbf{dual:}\ \eta = 0 \text{ if } \mathrm{KL}(0) \le \varepsilon \text{, else }
             \mathrm{KL}(\eta) = \tfrac12 \textstyle\sum \Lambda (\mu' - \mu)^2 = \varepsilon \\
         &\textbf{precision:}\ \Lambda' = (\bar a + \lambda\Lambda_0 + \nu\Lambda) / (\lambda + \nu)
@@ -33,8 +33,8 @@ class Arturo(Optimizer):
     ``lr`` is the group's KL bound :math:`\varepsilon`, so LR schedulers schedule the bound.
     The dual is solved on the parameters' device with no host synchronisation: Newton's method
     on :math:`(2\mathrm{KL}(\eta))^{-1/2}`, which is concave and increasing in :math:`\eta`
-    (Moré & Sorensen 1983), so the iterates approach the root monotonically from below,
-    warm-started at the previous :math:`\eta`; after ``dual_iters`` iterations the step is scaled
+    (Moré & Sorensen 1983): warm-started at the previous :math:`\eta`, the first iterate lands
+    left of the root and the rest climb to it quadratically; after ``dual_iters`` iterations the step is scaled
     by :math:`\sqrt{\varepsilon/\mathrm{KL}}` where the residual KL still exceeds the bound, so every
     step satisfies it. The curvature used in the step and the precision is floored at
     ``min_curvature`` (the raw estimate may go negative).
@@ -42,14 +42,14 @@ class Arturo(Optimizer):
     State: all per-element state of a group lives in one ``[6, n]`` tensor (precision, curvature,
     intercept and the three filter covariances) kept in ``state[first param]["group_state"]``;
     ``state[p]["curvature"]`` and ``state[p]["precision"]`` are views of it. After each step a
-    group holds ``eta``, ``kl`` (achieved) and ``dual_residual`` (relative, before the final scaling)
+    group holds ``eta``, ``kl`` (achieved) and ``dual_residual`` (|KL(η) − ε|/ε before the final scaling)
     as 0-dim tensors (``float()`` them to log; that syncs).
     """
 
     def __init__(self, params, lr: float = 1e-3, *, reg_weight: float = 0.0587, prior_prec: float = 0.0015,
                  var_init: float = 0.01, measurement_noise: float = 2.817, dynamic_model_noise: float = 0.0174,
                  start_filter_cov: float = 5e-5, curvature_init: float = 0.1, nu: float = 1.3,
-                 weight_decay: float = 0.0, min_curvature: float = 1e-6, dual_iters: int = 6):
+                 weight_decay: float = 0.0, min_curvature: float = 1e-6, dual_iters: int = 3):
         checks = {"lr": lr > 0, "reg_weight": reg_weight >= 0, "prior_prec": prior_prec >= 0, "var_init": var_init > 0,
                   "measurement_noise": measurement_noise > 0, "dynamic_model_noise": dynamic_model_noise >= 0,
                   "start_filter_cov": start_filter_cov > 0, "nu": nu >= 0, "weight_decay": weight_decay >= 0,
@@ -110,8 +110,21 @@ class Arturo(Optimizer):
             offset += n
         return buf
 
+    def _workspace(self, group: dict, buf: Tensor) -> Tensor:
+        """Scratch rows for one step, reused across steps (large fresh allocations dominate otherwise).
+
+        Derived, not state: it is not saved and is rebuilt after ``load_state_dict``.
+        """
+        cache = self.__dict__.setdefault("_scratch", {})
+        key = id(group)
+        ws = cache.get(key)
+        if ws is None or ws.shape[1] != buf.shape[1] or ws.device != buf.device or ws.dtype != buf.dtype:
+            ws = cache[key] = torch.empty(8, buf.shape[1], dtype=buf.dtype, device=buf.device)
+        return ws
+
     def _group_step(self, group: dict, params: list[Tensor]) -> None:
         buf = self._group_state(group)
+        ws = self._workspace(group, buf)
         head = self.state[group["params"][0]]
         eps, wd = group["lr"], group["weight_decay"]
         reg, prior, nu = group["reg_weight"], group["prior_prec"], group["nu"]
@@ -123,46 +136,52 @@ class Arturo(Optimizer):
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in group["params"]]
         else:
             grads = [p.grad for p in params]
-        mu = torch.cat([p.reshape(-1) for p in group["params"]])
-        g = torch.cat([t.reshape(-1) for t in grads]).to(mu.dtype)
+        mu, g, k0, k1, s, t0, t1, t2 = ws.unbind(0)
+        torch.cat([p.detach().reshape(-1) for p in group["params"]], out=mu)
+        torch.cat([t.reshape(-1).to(buf.dtype) for t in grads], out=g)
         if wd != 0:
             mu.mul_(1.0 - eps * wd)
         prec, a, b, p00, p01, p11 = buf.unbind(0)
         # The intercept starts at the first gradient seen (elementwise, so late-arriving gradients work).
         init = head["initialized"]
-        b.copy_(torch.where(init > 0, b, g))
-        if partial:
-            init.masked_fill_(mask, 1.0)
-        else:
-            init.fill_(1.0)
+        if partial or not group.get("_all_initialized", False):
+            b.copy_(torch.where(init > 0, b, g))
+            if partial:
+                init.masked_fill_(mask, 1.0)
+            else:
+                init.fill_(1.0)
+                group["_all_initialized"] = True
 
         # Filter predict (random-walk drift) and update with regressor h = (1, μ), measurement g.
         q, r = group["dynamic_model_noise"], group["measurement_noise"]
         p00.add_(q)
         p11.add_(q)
-        k0 = torch.addcmul(p00, p01, mu)
-        k1 = torch.addcmul(p01, p11, mu)
-        s = torch.addcmul(k0, k1, mu).add_(r)
-        gain0, gain1 = k0.div_(s), k1.div_(s)
-        innovation = g - torch.addcmul(b, a, mu)
+        torch.addcmul(p00, p01, mu, out=k0)  # k = P h
+        torch.addcmul(p01, p11, mu, out=k1)
+        torch.addcmul(k0, k1, mu, out=s).add_(r)  # S = hᵀ P h + r
+        gain0, gain1 = torch.div(k0, s, out=t0), torch.div(k1, s, out=t1)
+        innovation = torch.addcmul(b, a, mu, out=t2).neg_().add_(g)  # g − (aμ + b)
         b.addcmul_(gain0, innovation)
         a.addcmul_(gain1, innovation)
-        # P -= K h^T P, i.e. P00 -= K0² S, P01 -= K0 K1 S, P11 -= K1² S.
-        gs0, gs1 = gain0 * s, gain1 * s
-        p00.addcmul_(gain0, gs0, value=-1.0)
-        p01.addcmul_(gain0, gs1, value=-1.0)
-        p11.addcmul_(gain1, gs1, value=-1.0)
+        # P −= K hᵀ P: P00 −= K0 k0, P01 −= K0 k1, P11 −= K1 k1 (K = k / S).
+        p00.addcmul_(gain0, k0, value=-1.0)
+        p01.addcmul_(gain0, k1, value=-1.0)
+        p11.addcmul_(gain1, k1, value=-1.0)
 
-        # Trust-region step: Δ(η) = -c / (d + ηΛ) with c = d μ + b, d = ā + λΛ0.
-        d = a.clamp(min=group["min_curvature"]).add_(reg * prior)
-        c = torch.addcmul(b, d, mu)
+        # Trust-region step: Δ(η) = −c / (d + ηΛ) with c = d μ + b, d = ā + λΛ0.
+        d = torch.clamp(a, min=group["min_curvature"], out=k0).add_(reg * prior)
+        c = torch.addcmul(b, d, mu, out=k1)
         if partial:
             c.mul_(mask)
-        eta, kl, residual = solve_dual(c, d, prec, eps, head["eta"], group["dual_iters"])
-        step = c.div_(torch.addcmul(d, prec, eta)).neg_()
-        step.mul_(torch.where(kl > eps, torch.sqrt(eps / kl), torch.ones_like(kl)))
-        mu.add_(step)
-        achieved = 0.5 * torch.dot(prec * step, step)
+        eta = solve_dual(c, d, prec, eps, head["eta"], group["dual_iters"], scratch=(s, t0, t1, t2))
+        step = c.div_(torch.addcmul(d, prec, eta, out=s)).neg_()
+        # Where the dual is not fully converged (KL a hair above ε) shrink the step onto the bound.
+        raw_kl = 0.5 * torch.dot(torch.mul(prec, step, out=s), step)
+        scale = torch.where(raw_kl > eps, torch.sqrt(eps / raw_kl), torch.ones_like(raw_kl))
+        mu.addcmul_(step, scale)
+        achieved = torch.minimum(raw_kl, raw_kl.new_tensor(eps))
+        # Dual residual |KL(η) − ε| / ε of an active constraint (a slack one, η = 0, has none).
+        residual = torch.where(eta > 0, (raw_kl - eps).abs() / eps, torch.zeros_like(raw_kl))
         # Precision: Λ' = (ā + λΛ0 + νΛ) / (λ + ν).
         prec.mul_(nu).add_(d).div_(reg + nu)
 
@@ -178,31 +197,28 @@ class Arturo(Optimizer):
             offset += n
 
 
-def solve_dual(c: Tensor, d: Tensor, prec: Tensor, eps: float, eta_prev: Tensor,
-               iters: int) -> tuple[Tensor, Tensor, Tensor]:
+def solve_dual(c: Tensor, d: Tensor, prec: Tensor, eps: float, eta_prev: Tensor, iters: int,
+               scratch: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> Tensor:
     """η ≥ 0 with KL(η) = ½ Σ Λ c² / (d + ηΛ)² = ε (or η = 0 if KL(0) ≤ ε), on device, no sync.
 
-    Written as F(η) = 2 KL = Σ w / (β + η)² with β = d/Λ, w = c²/Λ. Newton on ψ = F^{-1/2}, concave
-    and increasing, from a point left of the root converges monotonically from below.
-    Returns (η, KL(η), relative residual |KL(η) − ε| / ε).
+    Written as F(η) = 2 KL = Σ w / (β + η)² with β = d/Λ, w = c²/Λ. Newton's method on
+    ψ(η) = F^{-1/2} − (2ε)^{-1/2}, concave and increasing in η (Moré & Sorensen 1983): from the
+    right of the root its first step lands left of it (or at η = 0 when the constraint is slack),
+    and from the left it converges monotonically and quadratically. Warm-started at ``eta_prev``.
+    ``scratch``: four tensors shaped like ``c`` to work in.
     """
-    beta = d / prec
-    w = c * c / prec
+    if scratch is None:
+        scratch = tuple(torch.empty_like(c) for _ in range(4))
+    beta_, w_, t_, wt2_ = scratch
+    beta = torch.div(d, prec, out=beta_)
+    w = torch.mul(c, c, out=w_).div_(prec)
     target = 2.0 * eps
-
-    def f_and_s3(eta: Tensor) -> tuple[Tensor, Tensor]:
-        t = (beta + eta).reciprocal_()
-        wt2 = w * t * t
-        return wt2.sum(), torch.dot(wt2, t)
-
-    f_prev, _ = f_and_s3(eta_prev)
-    # Warm start at the previous η only if it is still left of the root (F(η_prev) ≥ 2ε). From η = 0
-    # with F(0) ≤ 2ε (slack constraint) no increment is taken, so η stays 0.
-    eta = torch.where(f_prev >= target, eta_prev, torch.zeros_like(eta_prev))
+    eta = eta_prev
+    zero = torch.zeros_like(eta_prev)
     for _ in range(iters):
-        f, s3 = f_and_s3(eta)
+        t = torch.add(beta, eta, out=t_).reciprocal_()
+        wt2 = torch.mul(w, t, out=wt2_).mul_(t)
+        f, s3 = wt2.sum(), torch.dot(wt2, t)  # F(η) and −F'(η)/2
         increment = f * (torch.sqrt(f / target) - 1.0) / s3
-        eta = eta + torch.where((f > target) & (s3 > 0), increment, torch.zeros_like(increment))
-    f, _ = f_and_s3(eta)
-    kl = 0.5 * f
-    return eta, kl, (kl - eps).abs() / eps
+        eta = torch.clamp(eta + torch.where(s3 > 0, increment, zero), min=0.0)
+    return eta
