@@ -15,7 +15,6 @@ from rl_trust.updaters.trust_region import (
     get_flat_params,
 )
 
-
 SPACES = pytest.mark.parametrize("space", [gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(3)],
                                  ids=["gaussian", "categorical"])
 
