@@ -33,6 +33,9 @@ class EnvConfig:
 @dataclass
 class RolloutConfig:
     steps_per_env: int = 256
+    # 0: step every env in the learner process; N: N worker processes plus the learner, each stepping
+    # a slice of the envs; auto: one worker per spare core (at most env.num_envs - 1).
+    workers: Any = "auto"
 
 
 @dataclass
@@ -168,6 +171,10 @@ def validate(cfg: DictConfig) -> None:
                 "critic.epochs", "env.obs_clip", "env.reward_clip"):
         positive(cfg, key)
     positive(cfg, "critic.minibatch_size", allow_zero=True)
+    workers = cfg.rollout.workers
+    if workers != "auto":
+        _require(isinstance(workers, int) and not isinstance(workers, bool) and 0 <= workers < cfg.env.num_envs,
+                 "rollout.workers", workers, f"'auto' or a count in [0, env.num_envs - 1 = {cfg.env.num_envs - 1}]")
     for key in ("gamma", "gae_lambda"):
         in_range(cfg, key, 0.0, 1.0, closed=True)
     for net in ("policy", "critic"):

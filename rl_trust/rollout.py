@@ -11,6 +11,7 @@ import torch
 from rl_trust.batch import RolloutBatch
 from rl_trust.normalization import ObsNormalizer, RewardScaler
 from rl_trust.policies import Actor
+from rl_trust.workers import InProcessEnvs, ParallelEnvs
 
 
 @dataclass
@@ -28,7 +29,7 @@ class RolloutWorker:
     unclipped (their log-probability is of the sampled action) and clipped only for the env.
     """
 
-    def __init__(self, envs: gym.vector.VectorEnv, actor: Actor, obs_norm: ObsNormalizer,
+    def __init__(self, envs: InProcessEnvs | ParallelEnvs, actor: Actor, obs_norm: ObsNormalizer,
                  reward_scaler: RewardScaler, steps_per_env: int, seed: int | None):
         self.envs, self.actor, self.obs_norm, self.reward_scaler = envs, actor, obs_norm, reward_scaler
         self.T, self.N = steps_per_env, envs.num_envs
@@ -46,8 +47,7 @@ class RolloutWorker:
         self._rewards = np.zeros((T, N), np.float32)
         self._terminated = np.zeros((T, N), bool)
         self._truncated = np.zeros((T, N), bool)
-        raw, _ = envs.reset(seed=seed)
-        self.obs = obs_norm(raw)
+        self.obs = obs_norm(envs.reset(seed=seed))
         self.ep_return = np.zeros(N, np.float64)
         self.ep_length = np.zeros(N, np.int64)
 
@@ -61,17 +61,14 @@ class RolloutWorker:
                 log_prob = dist.log_prob(params, action)
             action = action.numpy()
             env_action = np.clip(action, self.low, self.high) if self.continuous else action
-            raw, reward, terminated, truncated, infos = self.envs.step(env_action)
+            res = self.envs.step(env_action)
+            raw, final, reward = res.obs, res.final_obs, res.rewards
+            terminated, truncated = res.terminated, res.truncated
             done = terminated | truncated
 
             self.ep_return += reward
             self.ep_length += 1
-            final = raw
             if done.any():
-                # SAME_STEP autoreset: ``raw`` already holds the reset observation of finished envs.
-                idx = np.flatnonzero(infos["_final_obs"])
-                final = raw.copy()
-                final[idx] = np.stack(infos["final_obs"][idx])
                 stats.returns.extend(self.ep_return[done].tolist())
                 stats.lengths.extend(self.ep_length[done].tolist())
                 self.ep_return[done] = 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -17,7 +18,6 @@ from rl_trust import checkpoint
 from rl_trust.advantages import gae
 from rl_trust.config import validate
 from rl_trust.critic import Critic, optimizer_factory
-from rl_trust.envs import make_vec_env
 from rl_trust.errors import ConfigError
 from rl_trust.evaluate import evaluate
 from rl_trust.logger import Logger
@@ -25,6 +25,7 @@ from rl_trust.normalization import ObsNormalizer, RewardScaler
 from rl_trust.policies import Actor, ValueNet
 from rl_trust.rollout import RolloutWorker
 from rl_trust.updaters import make_updater
+from rl_trust.workers import make_envs, resolve_workers
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,10 +57,16 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, float]:
         optim_kwargs["lr"] = cfg.critic.lr
     make_optimizer = optimizer_factory(cfg.critic.optim, optim_kwargs)
 
-    envs = make_vec_env(cfg.env.id, cfg.env.num_envs, seed=cfg.seed, **cfg.env.kwargs)
+    workers = resolve_workers(cfg.rollout.workers, cfg.env.num_envs)
+    envs = make_envs(cfg.env.id, cfg.env.num_envs, workers, cfg.seed, dict(cfg.env.kwargs))
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(envs.close)  # also on error: worker processes end with the run
+        return _train(cfg, out_dir, envs, make_optimizer, device)
+
+
+def _train(cfg: DictConfig, out_dir: Path, envs, make_optimizer, device: torch.device) -> dict[str, float]:
     obs_shape = envs.single_observation_space.shape
     if len(obs_shape) != 1:
-        envs.close()
         raise ConfigError(f"env.id={cfg.env.id!r} has observation shape {obs_shape}; MLP policies need 1-D")
     obs_dim = obs_shape[0]
     steps_per_update = cfg.env.num_envs * cfg.rollout.steps_per_env

@@ -8,6 +8,7 @@ from rl_trust.errors import ConfigError
 from rl_trust.normalization import ObsNormalizer, RewardScaler
 from rl_trust.policies import Actor
 from rl_trust.rollout import RolloutWorker
+from rl_trust.workers import InProcessEnvs, ParallelEnvs
 
 
 class CounterEnv(gym.Env):
@@ -38,7 +39,7 @@ gym.register("rl_trust_test/Counter-v0", entry_point=CounterEnv, max_episode_ste
 
 def test_no_fake_transition_across_resets_and_final_obs_kept():
     torch.manual_seed(0)
-    envs = make_vec_env("rl_trust_test/Counter-v0", 3, seed=0)
+    envs = InProcessEnvs("rl_trust_test/Counter-v0", 3, seed=0)
     actor = Actor(2, envs.single_action_space, [8], "tanh")
     worker = RolloutWorker(envs, actor, ObsNormalizer((2,), enabled=False), RewardScaler(3, 0.99, enabled=False),
                            steps_per_env=40, seed=0)
@@ -64,7 +65,7 @@ def test_no_fake_transition_across_resets_and_final_obs_kept():
 
 def test_box_actions_stored_unclipped():
     torch.manual_seed(0)
-    envs = make_vec_env("Pendulum-v1", 2, seed=0)
+    envs = InProcessEnvs("Pendulum-v1", 2, seed=0)
     actor = Actor(3, envs.single_action_space, [8], "tanh", log_std_init=2.0)  # std e^2 > the bound of 2
     worker = RolloutWorker(envs, actor, ObsNormalizer((3,)), RewardScaler(2, 0.99), steps_per_env=50, seed=0)
     batch, _ = worker.collect()
@@ -85,3 +86,42 @@ def test_unsupported_action_space_is_rejected():
     gym.register("rl_trust_test/Tuple-v0", entry_point=TupleEnv, max_episode_steps=5)
     with pytest.raises(ConfigError, match="action space"):
         make_vec_env("rl_trust_test/Tuple-v0", 1)
+
+
+def _collect(envs, seed=0):
+    torch.manual_seed(seed)
+    actor = Actor(17, envs.single_action_space, [16], "tanh")
+    worker = RolloutWorker(envs, actor, ObsNormalizer((17,)), RewardScaler(envs.num_envs, 0.99), steps_per_env=40,
+                           seed=seed)
+    try:
+        return [worker.collect()[0] for _ in range(2)]
+    finally:
+        envs.close()
+
+
+def test_worker_processes_give_the_same_batches_as_in_process():
+    # HalfCheetah with a 30-step limit: episodes end inside the rollout, on every slice.
+    kwargs = {"max_episode_steps": 30}
+    ref = _collect(InProcessEnvs("HalfCheetah-v5", 5, seed=3, env_kwargs=kwargs))
+    par = _collect(ParallelEnvs("HalfCheetah-v5", 5, workers=2, seed=3, env_kwargs=kwargs))
+    assert ref[0].truncated.any()
+    for a, b in zip(ref, par, strict=True):
+        for name, x in a.flat().items():
+            assert torch.equal(x, b.flat()[name]), name
+
+
+def test_dead_worker_is_reported_and_close_leaves_no_process():
+    envs = ParallelEnvs("Pendulum-v1", 4, workers=2, seed=0)
+    procs = list(envs.procs)
+    envs.reset(seed=0)
+    procs[1].kill()
+    procs[1].join()
+    with pytest.raises(RuntimeError, match="rollout worker 1 .* died"):
+        envs.step(np.zeros((4, 1), np.float32))
+    envs.close()
+    assert not any(p.is_alive() for p in procs)
+
+
+def test_bad_worker_counts_are_named():
+    with pytest.raises(ConfigError, match="rollout.workers=4"):
+        ParallelEnvs("Pendulum-v1", 4, workers=4, seed=0)

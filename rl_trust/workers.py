@@ -1,0 +1,233 @@
+"""Environment stepping in-process or across worker processes, behind one small interface.
+
+``ParallelEnvs`` splits ``num_envs`` environments into ``workers + 1`` slices: the learner steps
+the first slice itself while each worker process steps one of the others (many envs per process,
+not one process per env: on MuJoCo an inter-process message costs more than a simulator step).
+Actions, observations, rewards and flags travel through one shared-memory block; a pipe carries
+only a one-byte "step"/"done" signal per worker and step. Env ``i`` is seeded ``seed + i`` in
+either mode, so a run gives the same batches whatever ``rollout.workers`` is.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+import gymnasium as gym
+import numpy as np
+
+from rl_trust.envs import make_vec_env
+from rl_trust.errors import ConfigError
+
+_STEP, _RESET, _CLOSE = b"s", b"r", b"c"
+
+
+@dataclass
+class StepResult:
+    obs: np.ndarray  # [N, ...] the observation to act on next (reset observation where an episode ended)
+    final_obs: np.ndarray  # [N, ...] the observation each step reached (equal to obs where none ended)
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+
+
+class InProcessEnvs:
+    """A SAME_STEP ``SyncVectorEnv`` behind the :class:`StepResult` interface."""
+
+    def __init__(self, env_id: str, num_envs: int, seed: int | None, env_kwargs: dict | None = None):
+        self.envs = make_vec_env(env_id, num_envs, seed=seed, **(env_kwargs or {}))
+        self.num_envs = num_envs
+        self.single_observation_space = self.envs.single_observation_space
+        self.single_action_space = self.envs.single_action_space
+
+    def reset(self, seed: int | None) -> np.ndarray:
+        return self.envs.reset(seed=seed)[0]
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        obs, rewards, terminated, truncated, infos = self.envs.step(actions)
+        return StepResult(obs, _final_obs(obs, terminated | truncated, infos), rewards, terminated, truncated)
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+def _final_obs(obs: np.ndarray, done: np.ndarray, infos: dict) -> np.ndarray:
+    if not done.any():
+        return obs
+    final = obs.copy()
+    idx = np.flatnonzero(infos["_final_obs"])
+    final[idx] = np.stack(infos["final_obs"][idx])
+    return final
+
+
+class _Shared:
+    """Numpy views of one shared block: actions, obs, final_obs, rewards, terminated, truncated."""
+
+    def __init__(self, buffer, num_envs: int, obs_space: gym.Space, act_space: gym.Space):
+        act_shape = act_space.shape if isinstance(act_space, gym.spaces.Box) else ()
+        act_dtype = np.float32 if isinstance(act_space, gym.spaces.Box) else np.int64
+        specs = [("actions", act_shape, act_dtype), ("obs", obs_space.shape, obs_space.dtype),
+                 ("final_obs", obs_space.shape, obs_space.dtype), ("rewards", (), np.float64),
+                 ("terminated", (), np.bool_), ("truncated", (), np.bool_)]
+        offset = 0
+        for name, shape, dtype in specs:
+            dtype = np.dtype(dtype)
+            count = num_envs * int(np.prod(shape, dtype=np.int64))
+            offset = -(-offset // 8) * 8  # 8-byte alignment
+            setattr(self, name, np.frombuffer(buffer, dtype, count, offset).reshape(num_envs, *shape))
+            offset += count * dtype.itemsize
+
+    @staticmethod
+    def nbytes(num_envs: int, obs_space: gym.Space, act_space: gym.Space) -> int:
+        act = int(np.prod(act_space.shape)) * 4 if isinstance(act_space, gym.spaces.Box) else 8
+        obs = int(np.prod(obs_space.shape)) * np.dtype(obs_space.dtype).itemsize
+        return num_envs * (act + 2 * obs + 8 + 2) + 6 * 8
+
+
+def _worker(conn: Connection, buffer, env_id: str, env_kwargs: dict, num_envs: int, lo: int, hi: int) -> None:
+    """A worker process: steps envs ``lo:hi`` of the shared arrays each time it is signalled."""
+    try:
+        envs = make_vec_env(env_id, hi - lo, **env_kwargs)
+        sh = _Shared(buffer, num_envs, envs.single_observation_space, envs.single_action_space)
+        conn.send_bytes(b"ok")
+        while True:
+            cmd = conn.recv_bytes()
+            if cmd == _STEP:
+                obs, rew, term, trunc, infos = envs.step(sh.actions[lo:hi])
+                sh.obs[lo:hi] = obs
+                sh.final_obs[lo:hi] = _final_obs(obs, term | trunc, infos)
+                sh.rewards[lo:hi], sh.terminated[lo:hi], sh.truncated[lo:hi] = rew, term, trunc
+            elif cmd[:1] == _RESET:
+                seed = int(cmd[1:]) if len(cmd) > 1 else None
+                sh.obs[lo:hi] = envs.reset(seed=None if seed is None else seed + lo)[0]
+            elif cmd == _CLOSE:
+                envs.close()
+                conn.send_bytes(b"bye")
+                return
+            conn.send_bytes(b"d")
+    except (KeyboardInterrupt, EOFError):
+        return
+    except BaseException:  # report to the learner, which raises with this text
+        try:
+            conn.send_bytes(b"E" + traceback.format_exc().encode())
+        except (BrokenPipeError, OSError):
+            pass
+
+
+class ParallelEnvs:
+    """``num_envs`` envs over the learner plus ``workers`` processes (see the module docstring)."""
+
+    def __init__(self, env_id: str, num_envs: int, workers: int, seed: int | None, env_kwargs: dict | None = None):
+        if not 1 <= workers < num_envs:
+            raise ConfigError(f"rollout.workers={workers} is invalid: must lie in [1, env.num_envs - 1 = "
+                              f"{num_envs - 1}] (the learner steps one slice itself)")
+        env_kwargs = dict(env_kwargs or {})
+        bounds = np.linspace(0, num_envs, workers + 2).round().astype(int)
+        self.local_hi = int(bounds[1])
+        self.local = make_vec_env(env_id, self.local_hi, seed=seed, **env_kwargs)
+        self.num_envs = num_envs
+        self.single_observation_space = self.local.single_observation_space
+        self.single_action_space = self.local.single_action_space
+        ctx = mp.get_context("spawn")
+        self._buffer = ctx.RawArray("b", _Shared.nbytes(num_envs, self.single_observation_space,
+                                                        self.single_action_space))
+        self.sh = _Shared(self._buffer, num_envs, self.single_observation_space, self.single_action_space)
+        self.procs, self.conns = [], []
+        try:
+            for w in range(workers):
+                parent, child = ctx.Pipe()
+                lo, hi = int(bounds[w + 1]), int(bounds[w + 2])
+                proc = ctx.Process(target=_worker, args=(child, self._buffer, env_id, env_kwargs, num_envs, lo, hi),
+                                   daemon=True, name=f"rl_trust-rollout-{w}")
+                proc.start()
+                child.close()
+                self.procs.append(proc)
+                self.conns.append(parent)
+            for w in range(workers):
+                self._wait(w, expect=b"ok")
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait(self, w: int, expect: bytes = b"d") -> None:
+        conn, proc = self.conns[w], self.procs[w]
+        while not conn.poll(1.0):
+            if not proc.is_alive():
+                raise RuntimeError(f"rollout worker {w} (pid {proc.pid}) died with exit code {proc.exitcode}")
+        try:
+            msg = conn.recv_bytes()
+        except EOFError:
+            proc.join(1.0)
+            raise RuntimeError(f"rollout worker {w} (pid {proc.pid}) died with exit code {proc.exitcode}") from None
+        if msg[:1] == b"E":
+            raise RuntimeError(f"rollout worker {w} failed:\n{msg[1:].decode()}")
+        if msg != expect:
+            raise RuntimeError(f"rollout worker {w} sent {msg!r}, expected {expect!r}")
+
+    def _broadcast(self, msg: bytes) -> None:
+        for w, conn in enumerate(self.conns):
+            try:
+                conn.send_bytes(msg)
+            except OSError:  # BrokenPipeError and friends: the worker is gone
+                proc = self.procs[w]
+                proc.join(1.0)
+                raise RuntimeError(f"rollout worker {w} (pid {proc.pid}) died with exit code {proc.exitcode}") from None
+
+    def reset(self, seed: int | None) -> np.ndarray:
+        self._broadcast(_RESET + (b"" if seed is None else str(seed).encode()))
+        self.sh.obs[: self.local_hi] = self.local.reset(seed=seed)[0]
+        for w in range(len(self.conns)):
+            self._wait(w)
+        return self.sh.obs.copy()
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        sh, k = self.sh, self.local_hi
+        sh.actions[:] = actions
+        self._broadcast(_STEP)
+        obs, rew, term, trunc, infos = self.local.step(actions[:k])
+        sh.obs[:k] = obs
+        sh.final_obs[:k] = _final_obs(obs, term | trunc, infos)
+        sh.rewards[:k], sh.terminated[:k], sh.truncated[:k] = rew, term, trunc
+        for w in range(len(self.conns)):
+            self._wait(w)
+        return StepResult(sh.obs.copy(), sh.final_obs.copy(), sh.rewards.copy(), sh.terminated.copy(),
+                          sh.truncated.copy())
+
+    def close(self) -> None:
+        for conn, proc in zip(self.conns, self.procs, strict=True):
+            if proc.is_alive():
+                try:
+                    conn.send_bytes(_CLOSE)
+                    if conn.poll(5.0):
+                        conn.recv_bytes()
+                except (BrokenPipeError, EOFError, OSError):
+                    pass
+            proc.join(5.0)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(1.0)
+            conn.close()
+        self.procs, self.conns = [], []
+        self.local.close()
+
+
+def resolve_workers(workers: int | str, num_envs: int) -> int:
+    """``auto``: one worker per spare core, at most ``num_envs - 1``; 0 when that leaves none."""
+    if workers == "auto":
+        return max(0, min((os.cpu_count() or 1) - 1, num_envs - 1))
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"rollout.workers={workers!r} is invalid: a count >= 0 or 'auto'")
+    if workers >= num_envs:
+        raise ConfigError(f"rollout.workers={workers} is invalid: must be < env.num_envs={num_envs} "
+                          "(the learner steps one slice itself)")
+    return workers
+
+
+def make_envs(env_id: str, num_envs: int, workers: int, seed: int | None,
+              env_kwargs: dict | None = None) -> InProcessEnvs | ParallelEnvs:
+    if workers == 0:
+        return InProcessEnvs(env_id, num_envs, seed, env_kwargs)
+    return ParallelEnvs(env_id, num_envs, workers, seed, env_kwargs)
