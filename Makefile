@@ -34,7 +34,8 @@ test-slow: $(STAMP)  ## long learning tests as well
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .
 
-bench: $(STAMP)  ## throughput benchmark (scripts/bench.py)
+bench: $(STAMP)  ## throughput against Stable-Baselines3 (installs the [bench] extra first)
+	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) scripts/bench.py $(ARGS)
 
 clean:  ## remove the virtual environment and caches (keeps runs/)

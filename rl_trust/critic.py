@@ -16,7 +16,7 @@ from rl_trust.policies import ValueNet
 # Named critic optimizers: ``critic.optim=NAME``; ``critic.optim_kwargs.KEY=...`` overrides an argument.
 PRESETS: dict[str, dict[str, Any]] = {
     "arturo": {"_target_": "rl_trust.optim.Arturo", "lr": 0.01},
-    "adam": {"_target_": "torch.optim.Adam", "lr": 1e-3, "eps": 1e-5, "foreach": True},
+    "adam": {"_target_": "torch.optim.Adam", "lr": 1e-3, "eps": 1e-5, "fused": True},
     "sgd": {"_target_": "torch.optim.SGD", "lr": 1e-2, "momentum": 0.9},
 }
 

@@ -78,13 +78,15 @@ def child(spec: dict) -> dict:
                   f"total_steps={total}", f"rollout.workers={spec['workers']}", "eval_episodes=1",
                   "checkpoint=false", "progress=false", "critic.optim=adam", "critic.lr_anneal=false",
                   "policy.hidden=[64,64]", "critic.hidden=[64,64]", "gamma=0.99", "gae_lambda=0.95",
-                  "env.normalize_obs=true", "env.normalize_reward=true", "critic.max_grad_norm=0.5"]
+                  "env.normalize_obs=true", "env.normalize_reward=true"]
         if algo == "trpo":
             common += ["algo.max_kl=0.01", "algo.cg_iters=15", "algo.cg_damping=0.1", "algo.backtrack_coeff=0.8",
-                       "algo.max_backtracks=10", "critic.epochs=10", "critic.minibatch_size=128", "critic.lr=1e-3"]
+                       "algo.max_backtracks=10", "critic.epochs=10", "critic.minibatch_size=128", "critic.lr=1e-3",
+                       "critic.max_grad_norm=null"]  # sb3-contrib TRPO does not clip the critic
         else:
             common += ["algo.lr=3e-4", "algo.epochs=10", "algo.minibatch_size=64", "algo.clip_range=0.2",
-                       "algo.lr_anneal=false", "critic.epochs=10", "critic.minibatch_size=64", "critic.lr=3e-4"]
+                       "algo.lr_anneal=false", "critic.epochs=10", "critic.minibatch_size=64", "critic.lr=3e-4",
+                       "critic.max_grad_norm=0.5"]
         with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
             cfg = compose("config", overrides=common)
         import tempfile

@@ -41,7 +41,7 @@ class KLPenalty:
                  normalize_advantages: bool = True, lr_anneal: bool = True, total_updates: int = 0):
         self.actor = actor
         self.params = list(actor.parameters())
-        self.optimizer = torch.optim.Adam(self.params, lr=lr, eps=1e-5, foreach=True)
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, eps=1e-5, fused=True)
         self.lr, self.epochs, self.minibatch_size = lr, epochs, minibatch_size
         self.kl_target, self.beta, self.adaptive = kl_target, beta, adaptive
         self.beta_min, self.beta_max = beta_min, beta_max

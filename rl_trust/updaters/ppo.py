@@ -27,7 +27,7 @@ class PPO:
                  adam_eps: float = 1e-5):
         self.actor = actor
         self.params = list(actor.parameters())
-        self.optimizer = torch.optim.Adam(self.params, lr=lr, eps=adam_eps, foreach=True)
+        self.optimizer = torch.optim.Adam(self.params, lr=lr, eps=adam_eps, fused=True)
         self.lr, self.epochs, self.minibatch_size = lr, epochs, minibatch_size
         self.clip_range, self.ent_coef, self.max_grad_norm = clip_range, ent_coef, max_grad_norm
         self.target_kl, self.normalize_advantages = target_kl, normalize_advantages
