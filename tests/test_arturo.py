@@ -201,3 +201,22 @@ def test_cuda_matches_cpu_and_never_syncs():
             torch.cuda.set_sync_debug_mode("default")
     for p, q in zip(net.parameters(), gpu.parameters(), strict=True):
         torch.testing.assert_close(p, q.cpu(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.slow  # torch.compile takes tens of seconds on the first call
+def test_compiled_step_matches_eager():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)).double()
+    other = copy.deepcopy(net)
+    eager, compiled = Arturo(net.parameters(), lr=1e-2), Arturo(other.parameters(), lr=1e-2, compile=True)
+    sched = torch.optim.lr_scheduler.StepLR(compiled, step_size=2, gamma=0.5)
+    sched_e = torch.optim.lr_scheduler.StepLR(eager, step_size=2, gamma=0.5)
+    data = torch.randn(64, 5, dtype=torch.float64), torch.randn(64, 1, dtype=torch.float64)
+    for _ in range(6):
+        _train(net, eager, data, 1)
+        _train(other, compiled, data, 1)
+        sched.step()
+        sched_e.step()
+        for p, q in zip(net.parameters(), other.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+        assert float(compiled.param_groups[0]["kl"]) == pytest.approx(float(eager.param_groups[0]["kl"]), rel=1e-9)
