@@ -51,6 +51,34 @@ def annealed_lr(optimizer: torch.optim.Optimizer, base_lr: float, done: int, tot
     return lr
 
 
+@dataclass(frozen=True)
+class Surrogate:
+    params: tuple[Tensor, ...]  # the current policy's distribution parameters on the minibatch
+    surrogate: Tensor  # mean of r·A, or of min(r·A, clip(r, 1 ± ε)·A) with a clip range
+    entropy: Tensor
+    info: dict[str, Tensor]  # detached diagnostics: losses/policy, losses/entropy, approx_kl (, losses/clipfrac)
+
+
+def surrogate_objective(actor: Actor, mb: PolicyData, *, clip_range: float | None,
+                        normalize_advantages: bool) -> Surrogate:
+    """The importance-sampled surrogate PPO-clip and the KL penalty share (clipped when ``clip_range``)."""
+    params = actor(mb.obs)
+    log_ratio = actor.dist.log_prob(params, mb.actions) - mb.log_probs
+    ratio = log_ratio.exp()
+    adv = normalize(mb.advantages) if normalize_advantages else mb.advantages
+    objective = ratio * adv
+    if clip_range is not None:
+        objective = torch.min(objective, ratio.clamp(1 - clip_range, 1 + clip_range) * adv)
+    surrogate = objective.mean()
+    entropy = actor.dist.entropy(params).mean()
+    with torch.no_grad():
+        info = {"losses/policy": -surrogate.detach(), "losses/entropy": entropy.detach(),
+                "approx_kl": approx_kl(log_ratio)}
+        if clip_range is not None:
+            info["losses/clipfrac"] = ((ratio - 1).abs() > clip_range).float().mean()
+    return Surrogate(params, surrogate, entropy, info)
+
+
 # A minibatch loss: (loss to minimise, diagnostics as detached scalars incl. "approx_kl").
 LossFn = Callable[[PolicyData], tuple[Tensor, dict[str, Tensor]]]
 

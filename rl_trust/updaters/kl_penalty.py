@@ -10,11 +10,10 @@ from rl_trust.policies import Actor
 from rl_trust.updaters.common import (
     PolicyData,
     annealed_lr,
-    approx_kl,
     minibatch_epochs,
-    normalize,
     policy_data,
     policy_shift,
+    surrogate_objective,
 )
 
 
@@ -50,23 +49,11 @@ class KLPenalty:
         self.num_updates = 0
 
     def loss(self, mb: PolicyData) -> tuple[Tensor, dict[str, Tensor]]:
-        params = self.actor(mb.obs)
-        dist = self.actor.dist
-        log_ratio = dist.log_prob(params, mb.actions) - mb.log_probs
-        ratio = log_ratio.exp()
-        adv = normalize(mb.advantages) if self.normalize_advantages else mb.advantages
-        surrogate = ratio * adv
-        if self.clip_range is not None:
-            surrogate = torch.min(surrogate, ratio.clamp(1 - self.clip_range, 1 + self.clip_range) * adv)
-        surrogate = surrogate.mean()
-        kl = dist.kl(mb.old_params, params).mean()
-        entropy = dist.entropy(params).mean()
-        with torch.no_grad():
-            info = {"losses/policy": -surrogate.detach(), "losses/entropy": entropy.detach(),
-                    "losses/kl_penalty": self.beta * kl.detach(), "approx_kl": approx_kl(log_ratio)}
-            if self.clip_range is not None:
-                info["losses/clipfrac"] = ((ratio - 1).abs() > self.clip_range).float().mean()
-        return -surrogate + self.beta * kl - self.ent_coef * entropy, info
+        s = surrogate_objective(self.actor, mb, clip_range=self.clip_range,
+                                normalize_advantages=self.normalize_advantages)
+        kl = self.actor.dist.kl(mb.old_params, s.params).mean()
+        s.info["losses/kl_penalty"] = self.beta * kl.detach()
+        return -s.surrogate + self.beta * kl - self.ent_coef * s.entropy, s.info
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         lr = self.lr

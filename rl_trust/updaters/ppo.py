@@ -10,11 +10,10 @@ from rl_trust.policies import Actor
 from rl_trust.updaters.common import (
     PolicyData,
     annealed_lr,
-    approx_kl,
     minibatch_epochs,
-    normalize,
     policy_data,
     policy_shift,
+    surrogate_objective,
 )
 
 
@@ -35,18 +34,9 @@ class PPO:
         self.num_updates = 0
 
     def loss(self, mb: PolicyData) -> tuple[Tensor, dict[str, Tensor]]:
-        params = self.actor(mb.obs)
-        dist = self.actor.dist
-        log_ratio = dist.log_prob(params, mb.actions) - mb.log_probs
-        ratio = log_ratio.exp()
-        adv = normalize(mb.advantages) if self.normalize_advantages else mb.advantages
-        surrogate = torch.min(ratio * adv, ratio.clamp(1 - self.clip_range, 1 + self.clip_range) * adv).mean()
-        entropy = dist.entropy(params).mean()
-        with torch.no_grad():
-            info = {"losses/policy": -surrogate.detach(), "losses/entropy": entropy.detach(),
-                    "approx_kl": approx_kl(log_ratio),
-                    "losses/clipfrac": ((ratio - 1).abs() > self.clip_range).float().mean()}
-        return -surrogate - self.ent_coef * entropy, info
+        s = surrogate_objective(self.actor, mb, clip_range=self.clip_range,
+                                normalize_advantages=self.normalize_advantages)
+        return -s.surrogate - self.ent_coef * s.entropy, s.info
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         lr = self.lr
