@@ -37,6 +37,9 @@ def main(cfg: DictConfig) -> float:
         _remove_run_dir(out_dir)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except FloatingPointError as e:  # training diverged (e.g. TRPO's repeated non-finite updates)
+        print(f"error: training stopped: {e} (events so far are in {out_dir}; no metrics.json)", file=sys.stderr)
+        sys.exit(1)
     return metrics["eval/mean_return"]
 
 
