@@ -34,8 +34,9 @@ class EnvConfig:
 class RolloutConfig:
     steps_per_env: int = 256
     # 0: step every env in the learner process; N: N worker processes plus the learner, each stepping
-    # a slice of the envs; auto: one worker per spare core (at most env.num_envs - 1).
-    workers: Any = "auto"
+    # a slice of the envs; auto: one worker per spare core (at most env.num_envs - 1). Default 0: on the
+    # 2-core development machine with HalfCheetah, workers were slower end to end (docs/benchmarks.md).
+    workers: Any = 0
 
 
 @dataclass

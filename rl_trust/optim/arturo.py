@@ -66,9 +66,10 @@ class Arturo(Optimizer):
             raise ValueError(f"Invalid reg_weight + nu: {reg_weight + nu} (must be > 0)")
         defaults = dict(values, curvature_init=curvature_init)
         super().__init__(params, defaults)
-        # compile=True fuses a step into a few loops with torch.compile (needs a C++ compiler on the
-        # CPU; the first step of each group size compiles, which takes tens of seconds). Worth it for
-        # large parameter groups, where the eager step is memory-bound over ~40 passes.
+        # compile=True runs the step through torch.compile (needs a C++ compiler on the CPU; the first
+        # step of each group size compiles, tens of seconds). Measured on the CPU (docs/benchmarks.md):
+        # faster than eager on small critics, where per-op overhead dominates, slower on a 2M-parameter
+        # group, where its full-size outputs cost more than the fusion saves.
         self._compiled = torch.compile(fused_update, dynamic=False) if compile else None
 
     @torch.no_grad()
