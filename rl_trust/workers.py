@@ -3,8 +3,12 @@
 ``ParallelEnvs`` splits ``num_envs`` environments into ``workers + 1`` slices: the learner steps
 the first slice itself while each worker process steps one of the others (many envs per process,
 not one process per env: on MuJoCo an inter-process message costs more than a simulator step).
-Actions, observations, rewards and flags travel through one shared-memory block; a pipe carries
-only a one-byte "step"/"done" signal per worker and step. Env ``i`` is seeded ``seed + i`` in
+Actions, observations, rewards and flags travel through one shared-memory block, and so does the
+per-step signal: the learner bumps a shared step counter, each worker copies it to its own slot
+when its slice has stepped, both sides polling with ``sched_yield`` (a pipe round trip costs a
+scheduler wake-up, about as long as stepping a slice of MuJoCo envs). A worker idle for more
+than 2 ms (while the learner updates) backs off to sleeping on its pipe, which carries resets,
+errors and shutdown. Env ``i`` is seeded ``seed + i`` in
 either mode, so a run gives the same batches whatever ``rollout.workers`` is.
 """
 
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -22,7 +27,8 @@ import numpy as np
 from rl_trust.envs import make_vec_env
 from rl_trust.errors import ConfigError
 
-_STEP, _RESET, _CLOSE = b"s", b"r", b"c"
+_RESET, _CLOSE = b"r", b"c"
+_SPIN_S = 0.002  # a worker spins this long for the next step before backing off to 0.2 ms sleeps
 
 
 @dataclass
@@ -42,6 +48,18 @@ class InProcessEnvs:
         self.num_envs = num_envs
         self.single_observation_space = self.envs.single_observation_space
         self.single_action_space = self.envs.single_action_space
+
+    def _check_alive(self) -> None:
+        for w, (conn, proc) in enumerate(zip(self.conns, self.procs, strict=True)):
+            try:
+                msg = conn.recv_bytes() if conn.poll() else b""
+            except EOFError:  # the worker's end of the pipe closed: it is gone
+                proc.join(1.0)
+                msg = b""
+            if msg[:1] == b"E":
+                raise RuntimeError(f"rollout worker {w} failed:\n{msg[1:].decode()}")
+            if not proc.is_alive():
+                raise RuntimeError(f"rollout worker {w} (pid {proc.pid}) died with exit code {proc.exitcode}")
 
     def reset(self, seed: int | None) -> np.ndarray:
         return self.envs.reset(seed=seed)[0]
@@ -87,20 +105,33 @@ class _Shared:
         return num_envs * (act + 2 * obs + 8 + 2) + 6 * 8
 
 
-def _worker(conn: Connection, buffer, env_id: str, env_kwargs: dict, num_envs: int, lo: int, hi: int) -> None:
-    """A worker process: steps envs ``lo:hi`` of the shared arrays each time it is signalled."""
+def _worker(conn: Connection, buffer, ctrl_buffer, w: int, env_id: str, env_kwargs: dict, num_envs: int,
+            lo: int, hi: int) -> None:
+    """A worker process: steps envs ``lo:hi`` of the shared arrays each time the step counter moves."""
     try:
         envs = make_vec_env(env_id, hi - lo, **env_kwargs)
         sh = _Shared(buffer, num_envs, envs.single_observation_space, envs.single_action_space)
+        ctrl = np.frombuffer(ctrl_buffer, np.int64)
         conn.send_bytes(b"ok")
+        done = int(ctrl[0])
+        idle_since = time.perf_counter()
         while True:
-            cmd = conn.recv_bytes()
-            if cmd == _STEP:
+            if ctrl[0] != done:  # a step: the learner wrote the actions, then bumped the counter
+                done = int(ctrl[0])
                 obs, rew, term, trunc, infos = envs.step(sh.actions[lo:hi])
                 sh.obs[lo:hi] = obs
                 sh.final_obs[lo:hi] = _final_obs(obs, term | trunc, infos)
                 sh.rewards[lo:hi], sh.terminated[lo:hi], sh.truncated[lo:hi] = rew, term, trunc
-            elif cmd[:1] == _RESET:
+                ctrl[1 + w] = done
+                idle_since = time.perf_counter()
+                continue
+            if time.perf_counter() - idle_since < _SPIN_S:
+                os.sched_yield()
+                continue
+            if not conn.poll(0.0002):  # idle (the learner is updating): poll the pipe, mostly asleep
+                continue
+            cmd = conn.recv_bytes()
+            if cmd[:1] == _RESET:
                 seed = int(cmd[1:]) if len(cmd) > 1 else None
                 sh.obs[lo:hi] = envs.reset(seed=None if seed is None else seed + lo)[0]
             elif cmd == _CLOSE:
@@ -108,6 +139,7 @@ def _worker(conn: Connection, buffer, env_id: str, env_kwargs: dict, num_envs: i
                 conn.send_bytes(b"bye")
                 return
             conn.send_bytes(b"d")
+            idle_since = time.perf_counter()
     except (KeyboardInterrupt, EOFError):
         return
     except BaseException:  # report to the learner, which raises with this text
@@ -135,12 +167,15 @@ class ParallelEnvs:
         self._buffer = ctx.RawArray("b", _Shared.nbytes(num_envs, self.single_observation_space,
                                                         self.single_action_space))
         self.sh = _Shared(self._buffer, num_envs, self.single_observation_space, self.single_action_space)
+        self._ctrl_buffer = ctx.RawArray("b", 8 * (1 + workers))  # int64: step counter, then one ack per worker
+        self.ctrl = np.frombuffer(self._ctrl_buffer, np.int64)
         self.procs, self.conns = [], []
         try:
             for w in range(workers):
                 parent, child = ctx.Pipe()
                 lo, hi = int(bounds[w + 1]), int(bounds[w + 2])
-                proc = ctx.Process(target=_worker, args=(child, self._buffer, env_id, env_kwargs, num_envs, lo, hi),
+                proc = ctx.Process(target=_worker, args=(child, self._buffer, self._ctrl_buffer, w, env_id,
+                                                         env_kwargs, num_envs, lo, hi),
                                    daemon=True, name=f"rl_trust-rollout-{w}")
                 proc.start()
                 child.close()
@@ -176,6 +211,18 @@ class ParallelEnvs:
                 proc.join(1.0)
                 raise RuntimeError(f"rollout worker {w} (pid {proc.pid}) died with exit code {proc.exitcode}") from None
 
+    def _check_alive(self) -> None:
+        for w, (conn, proc) in enumerate(zip(self.conns, self.procs, strict=True)):
+            try:
+                msg = conn.recv_bytes() if conn.poll() else b""
+            except EOFError:  # the worker's end of the pipe closed: it is gone
+                proc.join(1.0)
+                msg = b""
+            if msg[:1] == b"E":
+                raise RuntimeError(f"rollout worker {w} failed:\n{msg[1:].decode()}")
+            if not proc.is_alive():
+                raise RuntimeError(f"rollout worker {w} (pid {proc.pid}) died with exit code {proc.exitcode}")
+
     def reset(self, seed: int | None) -> np.ndarray:
         self._broadcast(_RESET + (b"" if seed is None else str(seed).encode()))
         self.sh.obs[: self.local_hi] = self.local.reset(seed=seed)[0]
@@ -184,15 +231,22 @@ class ParallelEnvs:
         return self.sh.obs.copy()
 
     def step(self, actions: np.ndarray) -> StepResult:
-        sh, k = self.sh, self.local_hi
+        sh, k, ctrl = self.sh, self.local_hi, self.ctrl
+        self._check_alive()
         sh.actions[:] = actions
-        self._broadcast(_STEP)
+        target = int(ctrl[0]) + 1
+        ctrl[0] = target  # one aligned 8-byte store, after the actions
         obs, rew, term, trunc, infos = self.local.step(actions[:k])
         sh.obs[:k] = obs
         sh.final_obs[:k] = _final_obs(obs, term | trunc, infos)
         sh.rewards[:k], sh.terminated[:k], sh.truncated[:k] = rew, term, trunc
-        for w in range(len(self.conns)):
-            self._wait(w)
+        last_check = time.perf_counter()
+        for w in range(len(self.procs)):
+            while ctrl[1 + w] != target:
+                os.sched_yield()
+                if time.perf_counter() - last_check > 0.5:
+                    last_check = time.perf_counter()
+                    self._check_alive()
         return StepResult(sh.obs.copy(), sh.final_obs.copy(), sh.rewards.copy(), sh.terminated.copy(),
                           sh.truncated.copy())
 
