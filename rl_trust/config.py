@@ -35,7 +35,8 @@ class RolloutConfig:
     steps_per_env: int = 256
     # 0: step every env in the learner process; N: N worker processes plus the learner, each stepping
     # a slice of the envs; auto: one worker per spare core (at most env.num_envs - 1). Default 0: on the
-    # 2-core development machine with HalfCheetah, workers were slower end to end (docs/benchmarks.md).
+    # 2-core development machine one worker gained only 4-8% end to end (docs/benchmarks.md) while
+    # keeping a second core busy.
     workers: Any = 0
 
 
