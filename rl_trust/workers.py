@@ -49,18 +49,6 @@ class InProcessEnvs:
         self.single_observation_space = self.envs.single_observation_space
         self.single_action_space = self.envs.single_action_space
 
-    def _check_alive(self) -> None:
-        for w, (conn, proc) in enumerate(zip(self.conns, self.procs, strict=True)):
-            try:
-                msg = conn.recv_bytes() if conn.poll() else b""
-            except EOFError:  # the worker's end of the pipe closed: it is gone
-                proc.join(1.0)
-                msg = b""
-            if msg[:1] == b"E":
-                raise RuntimeError(f"rollout worker {w} failed:\n{msg[1:].decode()}")
-            if not proc.is_alive():
-                raise RuntimeError(f"rollout worker {w} (pid {proc.pid}) died with exit code {proc.exitcode}")
-
     def reset(self, seed: int | None) -> np.ndarray:
         return self.envs.reset(seed=seed)[0]
 
