@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
-from hydra.utils import get_class
 from torch import Tensor, nn
 
 from rl_trust.batch import RolloutBatch, minibatch_indices
@@ -40,10 +40,11 @@ def optimizer_factory(optim: str | Mapping[str, Any], overrides: Mapping[str, An
         raise ConfigError(f"critic.optim={optim!r} is invalid: a preset name or a mapping with _target_")
     spec.update(overrides or {})
     target = spec.pop("_target_")
+    module_name, _, attr = str(target).rpartition(".")
     try:
-        cls = get_class(target)
-    except Exception as e:  # hydra raises ImportError or ValueError depending on what is missing
-        raise ConfigError(f"critic.optim._target_={target!r} cannot be imported: {e}") from None
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"critic.optim._target_={target!r} cannot be imported ({type(e).__name__}: {e})") from None
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise ConfigError(f"critic.optim._target_={target!r} is not a torch.optim.Optimizer subclass")
     try:
