@@ -4,7 +4,8 @@
 
 Times ``optimizer.step()`` alone (gradients fixed), alternating the optimizers in rounds so that
 machine noise hits all; prints the median per step and the ratios to Adam(foreach=True). Rows:
-Adam foreach, Adam fused, arTuRO eager, arTuRO with compile=True (compiled during warm-up).
+Adam foreach, Adam fused, arTuRO (default: the fused kernel on the CPU, the eager step on CUDA), arTuRO
+eager (fused=False), arTuRO with compile=True (compiled during warm-up).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def bench(name: str, sizes: list[int], device: torch.device, repeats: int, steps
     torch.manual_seed(0)
     makers = {"adam": lambda ps: torch.optim.Adam(ps, lr=1e-6, foreach=True),
               "adam_fused": lambda ps: torch.optim.Adam(ps, lr=1e-6, fused=True),
-              "arturo": lambda ps: Arturo(ps, lr=1e-6)}
+              "arturo": lambda ps: Arturo(ps, lr=1e-6),
+              "arturo_eager": lambda ps: Arturo(ps, lr=1e-6, fused=False)}
     if compile:
         makers["arturo_compiled"] = lambda ps: Arturo(ps, lr=1e-6, compile=True)
     nets = {k: mlp(sizes).to(device) for k in makers}

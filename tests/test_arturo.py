@@ -32,12 +32,17 @@ def test_curvature_estimate_and_iterate_converge_on_diagonal_quadratic():
     assert (opt.state[x]["precision"] > 0).all()
 
 
+# fused=None takes the compiled CPU kernel, fused=False the eager torch step (the one used on CUDA).
+FUSED = pytest.mark.parametrize("fused", [None, False], ids=["fused", "eager"])
+
+
+@FUSED
 @pytest.mark.parametrize("lr", [1e-4, 1e-2, 1e6])
-def test_kl_bound_met_when_active_and_slack_gives_regularised_newton_step(lr):
+def test_kl_bound_met_when_active_and_slack_gives_regularised_newton_step(lr, fused):
     torch.manual_seed(1)
     x = torch.nn.Parameter(torch.randn(50, dtype=torch.float64))
     hp = HP | {"weight_decay": 0.0}  # the reference scales weight decay by ε: a huge ε would blow it up
-    opt = Arturo([x], lr=lr, **hp)
+    opt = Arturo([x], lr=lr, fused=fused, **hp)
     f = quadratic(torch.rand(50, dtype=torch.float64) + 0.5, torch.randn(50, dtype=torch.float64))
     active = slack = 0
     for _ in range(20):
@@ -67,13 +72,14 @@ def test_kl_bound_met_when_active_and_slack_gives_regularised_newton_step(lr):
     assert active == 20 if lr < 1 else slack >= 15
 
 
+@FUSED
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fast_path_equals_per_tensor_reference(seed):
+def test_fast_path_equals_per_tensor_reference(seed, fused):
     torch.manual_seed(seed)
     lr = [1e-3, 3e-2, 1.0][seed]
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
     ref_net = copy.deepcopy(net)
-    opt = Arturo(net.parameters(), lr=lr, **HP)
+    opt = Arturo(net.parameters(), lr=lr, fused=fused, **HP)
     ref = ReferenceArturo(ref_net.parameters(), lr=lr, **HP)
     X, y = torch.randn(32, 3, dtype=torch.float64), torch.randn(32, 1, dtype=torch.float64)
     for _ in range(8):
@@ -102,18 +108,19 @@ def _train(net, opt, data, steps):
         opt.step(closure)
 
 
-def test_state_dict_round_trip_continues_bit_identically():
+@FUSED
+def test_state_dict_round_trip_continues_bit_identically(fused):
     torch.manual_seed(0)
     data = torch.randn(64, 5), torch.randn(64, 1)
     net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-    opt = Arturo(net.parameters(), lr=1e-2)
+    opt = Arturo(net.parameters(), lr=1e-2, fused=fused)
     _train(net, opt, data, 5)
     saved_net, saved_opt = copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict())
     _train(net, opt, data, 5)
 
     net2 = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
     net2.load_state_dict(saved_net)
-    opt2 = Arturo(net2.parameters(), lr=1e-2)
+    opt2 = Arturo(net2.parameters(), lr=1e-2, fused=fused)
     opt2.load_state_dict(saved_opt)
     _train(net2, opt2, data, 5)
     for p, q in zip(net.parameters(), net2.parameters(), strict=True):
@@ -145,10 +152,11 @@ def test_closure_returns_loss_and_params_without_grad_are_skipped():
     assert torch.all(buf[0, 3:] == 1 / 0.01)  # b's precision untouched
 
 
-def test_each_group_keeps_its_own_bound_and_scheduler_schedules_it():
+@FUSED
+def test_each_group_keeps_its_own_bound_and_scheduler_schedules_it(fused):
     torch.manual_seed(0)
     a, b = torch.nn.Parameter(torch.randn(20)), torch.nn.Parameter(torch.randn(20))
-    opt = Arturo([{"params": [a], "lr": 1e-4}, {"params": [b], "lr": 1e-2}])
+    opt = Arturo([{"params": [a], "lr": 1e-4}, {"params": [b], "lr": 1e-2}], fused=fused)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     for _ in range(3):
         opt.zero_grad()
@@ -162,9 +170,10 @@ def test_each_group_keeps_its_own_bound_and_scheduler_schedules_it():
     assert opt.param_groups[1]["lr"] == pytest.approx(1e-2 / 8)
 
 
-def test_negative_curvature_estimate_does_not_flip_the_step():
+@FUSED
+def test_negative_curvature_estimate_does_not_flip_the_step(fused):
     x = torch.nn.Parameter(torch.tensor([1.0, -1.0], dtype=torch.float64))
-    opt = Arturo([x], lr=1e-3, curvature_init=-5.0)
+    opt = Arturo([x], lr=1e-3, curvature_init=-5.0, fused=fused)
     opt.zero_grad()
     (x ** 2).sum().backward()  # gradient (2, -2): descent moves towards 0
     opt.step()
@@ -181,12 +190,50 @@ def test_invalid_arguments_are_named(kwargs, name):
         Arturo([torch.nn.Parameter(torch.zeros(2))], **({"lr": 1e-3} | kwargs))
 
 
+def test_fused_rejects_what_it_cannot_run():
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        Arturo([torch.nn.Parameter(torch.zeros(2))], fused=True, compile=True)
+    with pytest.raises(ValueError, match="float32/float64 CPU"):
+        Arturo([torch.nn.Parameter(torch.zeros(2, dtype=torch.float16))], fused=True)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float64, 1e-10)])
+def test_fused_kernel_matches_eager_step(dtype, tol):
+    """The compiled CPU kernel against the eager step: an MLP, weight decay, two groups, a scheduler."""
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 48), torch.nn.Tanh(), torch.nn.Linear(48, 1)).to(dtype)
+    other = copy.deepcopy(net)
+
+    def make(model, fused):
+        groups = [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 3e-3}]
+        opt = Arturo(groups, lr=1e-2, weight_decay=1e-2, fused=fused)
+        return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+
+    (fused, sched_f), (eager, sched_e) = make(net, True), make(other, False)
+    data = torch.randn(128, 6, dtype=dtype), torch.randn(128, 1, dtype=dtype)
+    for _ in range(12):
+        _train(net, fused, data, 1)
+        _train(other, eager, data, 1)
+        for p, q in zip(net.parameters(), other.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=tol, atol=tol * 1e-2)
+        for gf, ge in zip(fused.param_groups, eager.param_groups, strict=True):
+            assert float(gf["eta"]) == pytest.approx(float(ge["eta"]), rel=10 * tol, abs=1e-12)
+            assert float(gf["kl"]) == pytest.approx(float(ge["kl"]), rel=10 * tol)
+            assert float(gf["kl"]) <= gf["lr"] * (1 + 1e-5)
+        sched_f.step()
+        sched_e.step()
+    for p, q in zip(net.parameters(), other.parameters(), strict=True):
+        for key in ("curvature", "precision"):
+            torch.testing.assert_close(fused.state[p][key], eager.state[q][key], rtol=tol, atol=tol * 1e-2)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu_and_never_syncs():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1)).double()
     gpu = copy.deepcopy(net).cuda()
-    opt, opt_gpu = Arturo(net.parameters(), lr=1e-2), Arturo(gpu.parameters(), lr=1e-2)
+    # The eager step on both devices (on the CPU the default is the fused kernel, tested against it above).
+    opt, opt_gpu = Arturo(net.parameters(), lr=1e-2, fused=False), Arturo(gpu.parameters(), lr=1e-2)
     X, y = torch.randn(128, 8, dtype=torch.float64), torch.randn(128, 1, dtype=torch.float64)
     Xg, yg = X.cuda(), y.cuda()
     for i in range(10):
@@ -208,7 +255,7 @@ def test_compiled_step_matches_eager():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(5, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)).double()
     other = copy.deepcopy(net)
-    eager, compiled = Arturo(net.parameters(), lr=1e-2), Arturo(other.parameters(), lr=1e-2, compile=True)
+    eager, compiled = Arturo(net.parameters(), lr=1e-2, fused=False), Arturo(other.parameters(), lr=1e-2, compile=True)
     sched = torch.optim.lr_scheduler.StepLR(compiled, step_size=2, gamma=0.5)
     sched_e = torch.optim.lr_scheduler.StepLR(eager, step_size=2, gamma=0.5)
     data = torch.randn(64, 5, dtype=torch.float64), torch.randn(64, 1, dtype=torch.float64)

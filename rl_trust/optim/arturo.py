@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -50,7 +51,7 @@ class Arturo(Optimizer):
                  var_init: float = 0.01, measurement_noise: float = 2.817, dynamic_model_noise: float = 0.0174,
                  start_filter_cov: float = 5e-5, curvature_init: float = 0.1, nu: float = 1.3,
                  weight_decay: float = 0.0, min_curvature: float = 1e-6, dual_iters: int = 3,
-                 compile: bool = False):
+                 fused: bool | None = None, compile: bool = False):
         checks = {"lr": lr > 0, "reg_weight": reg_weight >= 0, "prior_prec": prior_prec >= 0, "var_init": var_init > 0,
                   "measurement_noise": measurement_noise > 0, "dynamic_model_noise": dynamic_model_noise >= 0,
                   "start_filter_cov": start_filter_cov > 0, "nu": nu >= 0, "weight_decay": weight_decay >= 0,
@@ -64,8 +65,21 @@ class Arturo(Optimizer):
                 raise ValueError(f"Invalid {name} value: {values[name]}")
         if reg_weight + nu <= 0:
             raise ValueError(f"Invalid reg_weight + nu: {reg_weight + nu} (must be > 0)")
+        if fused and compile:
+            raise ValueError("fused=True and compile=True are mutually exclusive")
         defaults = dict(values, curvature_init=curvature_init)
         super().__init__(params, defaults)
+        # fused: the CPU step as one compiled loop nest (rl_trust.optim._cpu_kernel, numba) instead of
+        # ~40 eager passes. None (default): used for every group whose parameters are on the CPU.
+        if fused:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64):
+                        raise ValueError(
+                            f"fused=True needs float32/float64 CPU parameters, got {p.dtype} on {p.device}")
+        self._fused = fused
+        if fused:
+            _load_kernel()  # fail here, not at the first step, if numba is missing
         # compile=True runs the step through torch.compile (needs a C++ compiler on the CPU; the first
         # step of each group size compiles, tens of seconds). Measured on the CPU (docs/benchmarks.md):
         # faster than eager on small critics, where per-op overhead dominates, slower on a 2M-parameter
@@ -135,6 +149,9 @@ class Arturo(Optimizer):
         eps, wd = group["lr"], group["weight_decay"]
         reg, prior, nu = group["reg_weight"], group["prior_prec"], group["nu"]
         partial = len(params) != len(group["params"])
+        if not partial and group.get("_all_initialized", False) and self._use_kernel(group, buf):
+            self._kernel_step(group, head, buf, ws)
+            return
         if partial:  # some parameters have no gradient: they take no step and keep their state
             have = {id(p) for p in params}
             mask = torch.cat([torch.full((p.numel(),), id(p) in have, device=buf.device) for p in group["params"]])
@@ -145,8 +162,6 @@ class Arturo(Optimizer):
         mu, g, k0, k1, s, t0, t1, t2 = ws.unbind(0)
         torch.cat([p.detach().reshape(-1) for p in group["params"]], out=mu)
         torch.cat([t.reshape(-1).to(buf.dtype) for t in grads], out=g)
-        if wd != 0:
-            mu.mul_(1.0 - eps * wd)
         prec, a, b, p00, p01, p11 = buf.unbind(0)
         # The intercept starts at the first gradient seen (elementwise, so late-arriving gradients work).
         init = head["initialized"]
@@ -159,6 +174,8 @@ class Arturo(Optimizer):
                 group["_all_initialized"] = True
 
         q, r = group["dynamic_model_noise"], group["measurement_noise"]
+        if wd != 0:
+            mu.mul_(1.0 - eps * wd)
         if self._compiled is not None and not partial:
             hp = torch.tensor([eps, q, r, group["min_curvature"], reg * prior, reg, nu], dtype=buf.dtype)
             new_mu, new_buf, eta, raw_kl = self._compiled(mu, g, buf, head["eta"], hp.to(buf.device),
@@ -201,6 +218,42 @@ class Arturo(Optimizer):
             buf.copy_(torch.where(mask, buf, saved))
         self._finish(group, head, mu, eta, raw_kl, eps)
 
+    def _use_kernel(self, group: dict, buf: Tensor) -> bool:
+        """Whether this group's step runs as the fused CPU kernel (fused=None: wherever it can)."""
+        if self._fused is False or self._compiled is not None or buf.device.type != "cpu":
+            return False
+        # The kernel writes parameters in place through numpy views: they must be contiguous.
+        return buf.dtype in (torch.float32, torch.float64) and all(
+            p.dtype == buf.dtype and p.grad.dtype == buf.dtype and p.is_contiguous() and not p.grad.is_sparse
+            for p in group["params"])
+
+    def _kernel_step(self, group: dict, head: dict, buf: Tensor, ws: Tensor) -> None:
+        """The step as compiled loops over each parameter, its gradient and its state slices, in place."""
+        cache = self.__dict__.setdefault("_kernel_rows", {})
+        entry = cache.get(id(group))
+        if entry is None or entry[0] is not buf or entry[1] is not ws:
+            # Numpy views of the state rows, sliced per parameter (rebuilt if the buffers are replaced).
+            b, w = buf.numpy(), ws.numpy()
+            rows, offset = [], 0
+            for p in group["params"]:
+                sl = slice(offset, offset + p.numel())
+                rows.append(tuple(b[k, sl] for k in range(6)) + (w[0, sl], w[1, sl]))
+                offset += p.numel()
+            entry = cache[id(group)] = (buf, ws, rows, w[0], w[1])
+        _, _, rows, u, beta = entry
+        segments = [(p.detach().numpy().reshape(-1), p.grad.detach().numpy().reshape(-1)) + r
+                    for p, r in zip(group["params"], rows, strict=True)]
+        eps, wd = group["lr"], group["weight_decay"]
+        reg, nu = group["reg_weight"], group["nu"]
+        eta, raw_kl = _load_kernel().step(segments, u, beta, eps, 1.0 - eps * wd, group["dynamic_model_noise"],
+                                          group["measurement_noise"], group["min_curvature"],
+                                          reg * group["prior_prec"], reg, nu, float(head["eta"]), group["dual_iters"])
+        for p in group["params"]:  # written through numpy: tell autograd the parameters changed
+            torch.autograd.graph.increment_version(p)
+        head["eta"] = group["eta"] = torch.tensor(eta, dtype=buf.dtype)
+        group["kl"] = torch.tensor(min(raw_kl, eps), dtype=buf.dtype)
+        group["dual_residual"] = torch.tensor(abs(raw_kl - eps) / eps if eta > 0 else 0.0, dtype=buf.dtype)
+
     @staticmethod
     def _finish(group: dict, head: dict, mu: Tensor, eta: Tensor, raw_kl: Tensor, eps: float) -> None:
         """Record η, the achieved KL and the dual residual; write the new means into the parameters."""
@@ -215,6 +268,13 @@ class Arturo(Optimizer):
             if p.grad is not None:
                 p.copy_(mu[offset:offset + n].view_as(p))
             offset += n
+
+
+@functools.cache
+def _load_kernel():
+    from rl_trust.optim import _cpu_kernel  # numba: imported (and compiled, or loaded from its cache) on first use
+
+    return _cpu_kernel
 
 
 def solve_dual(c: Tensor, d: Tensor, prec: Tensor, eps: float, eta_prev: Tensor, iters: int,
