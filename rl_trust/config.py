@@ -38,6 +38,9 @@ class RolloutConfig:
     # 2-core development machine one worker gained only 4-8% end to end (docs/benchmarks.md) while
     # keeping a second core busy.
     workers: Any = 0
+    # With workers >= 1: the workers step every env and the learner runs the critic's update of the
+    # previous batch while it waits for them (same results, see rl_trust/train.py). No effect with 0.
+    overlap_critic: bool = True
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -65,12 +65,16 @@ class Critic:
 
     ``make_optimizer(params)`` builds the optimizer (arTuRO, Adam or any ``torch.optim`` class).
     The value net and optimizer state live on ``device``; a batch's observations cross to it once
-    per update (:meth:`evaluate` keeps the device copy for :meth:`update`).
+    per update (:meth:`evaluate` keeps the device copy for :meth:`update`). Minibatches are drawn
+    from the critic's own generator (seeded by ``seed``), so the update gives the same result
+    wherever it runs: all at once (:meth:`update`) or interleaved with the next rollout
+    (:meth:`update_steps`).
     """
 
     def __init__(self, net: ValueNet, make_optimizer: OptimizerFactory, *, epochs: int,
                  minibatch_size: int, max_grad_norm: float | None = None, clip_range: float | None = None,
-                 total_updates: int = 0, lr_anneal: bool = False, device: torch.device | str = "cpu"):
+                 total_updates: int = 0, lr_anneal: bool = False, device: torch.device | str = "cpu",
+                 seed: int | None = None):
         self.device = torch.device(device)
         self.net = net.to(self.device)
         self.optimizer = make_optimizer(self.net.parameters())
@@ -81,6 +85,12 @@ class Critic:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizer, lambda k: max(1.0 - k / total_updates, 0.0))
         self._cache: tuple[Tensor, Tensor] | None = None
+        self.generator = torch.Generator()
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+        self.last_metrics: dict[str, float] = {}
 
     def _to_device(self, obs: Tensor) -> Tensor:
         if self._cache is not None and self._cache[0] is obs:
@@ -97,6 +107,13 @@ class Critic:
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
         """``epochs`` passes of minibatch regression on ``batch.returns``; returns the metrics."""
+        for _ in self.update_steps(batch):
+            pass
+        return self.last_metrics
+
+    def update_steps(self, batch: RolloutBatch) -> Iterator[None]:
+        """:meth:`update` as an iterator that yields after each optimizer step; once exhausted,
+        ``last_metrics`` holds the update's metrics. ``batch`` must not change meanwhile."""
         obs = self._to_device(batch.obs).reshape(len(batch), -1)
         returns = batch.returns.reshape(-1).to(self.device)
         old_values = batch.values.reshape(-1).to(self.device)
@@ -104,7 +121,7 @@ class Critic:
         mb = n if self.minibatch_size <= 0 else self.minibatch_size
         losses = []
         for _ in range(self.epochs):
-            for idx in minibatch_indices(n, mb):
+            for idx in minibatch_indices(n, mb, self.generator):
                 idx = idx.to(self.device)
 
                 def closure(idx: Tensor = idx) -> Tensor:
@@ -116,6 +133,7 @@ class Critic:
                     return loss
 
                 losses.append(self.optimizer.step(closure).detach())
+                yield
         self._cache = None
         if self.scheduler is not None:
             self.scheduler.step()
@@ -131,7 +149,7 @@ class Critic:
             for key in ("eta", "kl"):
                 if key in group:
                     metrics[f"optim/{key}{suffix}"] = float(group[key])
-        return metrics
+        self.last_metrics = metrics
 
     def _loss(self, obs: Tensor, returns: Tensor, old_values: Tensor) -> Tensor:
         values = self.net(obs)
@@ -144,11 +162,14 @@ class Critic:
 
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("generator") is not None:
+            self.generator.set_state(state["generator"])
 

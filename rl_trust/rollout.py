@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import gymnasium as gym
@@ -12,6 +13,8 @@ from rl_trust.batch import RolloutBatch
 from rl_trust.normalization import ObsNormalizer, RewardScaler
 from rl_trust.policies import Actor
 from rl_trust.workers import InProcessEnvs, ParallelEnvs
+
+_DONE = object()
 
 
 @dataclass
@@ -51,9 +54,17 @@ class RolloutWorker:
         self.ep_return = np.zeros(N, np.float64)
         self.ep_length = np.zeros(N, np.int64)
 
-    def collect(self) -> tuple[RolloutBatch, EpisodeStats]:
+    def collect(self, background: Iterator[object] | None = None) -> tuple[RolloutBatch, EpisodeStats]:
+        """Step ``steps_per_env`` times. ``background``: an iterator advanced one item at a time while
+        worker processes step the envs (the critic's update of the previous batch, see ``rl_trust.train``);
+        it must not touch the actor or the envs. In-process envs leave it untouched, and so does a step
+        that finds the workers already done: the caller exhausts whatever is left."""
         stats = EpisodeStats()
         dist = self.actor.dist
+        idle = None
+        if background is not None and isinstance(self.envs, ParallelEnvs):
+            def idle() -> bool:
+                return next(background, _DONE) is not _DONE
         for t in range(self.T):
             with torch.no_grad():
                 params = self.actor(torch.from_numpy(self.obs))
@@ -61,7 +72,10 @@ class RolloutWorker:
                 log_prob = dist.log_prob(params, action)
             action = action.numpy()
             env_action = np.clip(action, self.low, self.high) if self.continuous else action
-            res = self.envs.step(env_action)
+            if idle is None:
+                res = self.envs.step(env_action)
+            else:
+                res = self.envs.step(env_action, idle=idle)
             raw, final, reward = res.obs, res.final_obs, res.rewards
             terminated, truncated = res.terminated, res.truncated
             done = terminated | truncated

@@ -8,6 +8,7 @@ import os
 import random
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,10 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, float]:
     make_optimizer = optimizer_factory(cfg.critic.optim, optim_kwargs)
 
     workers = resolve_workers(cfg.rollout.workers, cfg.env.num_envs)
-    envs = make_envs(cfg.env.id, cfg.env.num_envs, workers, cfg.seed, dict(cfg.env.kwargs))
+    # Overlapping the critic with the next rollout: the workers step every env, the learner runs
+    # critic steps while it waits for them.
+    learner_envs = 0 if cfg.rollout.overlap_critic else None
+    envs = make_envs(cfg.env.id, cfg.env.num_envs, workers, cfg.seed, dict(cfg.env.kwargs), learner_envs)
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(envs.close)  # also on error: worker processes end with the run
         return _train(cfg, out_dir, envs, make_optimizer, device)
@@ -77,7 +81,7 @@ def _train(cfg: DictConfig, out_dir: Path, envs, make_optimizer, device: torch.d
     critic = Critic(ValueNet(obs_dim, list(cfg.critic.hidden), cfg.critic.activation, cfg.critic.ortho_init),
                     make_optimizer, epochs=cfg.critic.epochs, minibatch_size=cfg.critic.minibatch_size,
                     max_grad_norm=cfg.critic.max_grad_norm, clip_range=cfg.critic.clip_range,
-                    lr_anneal=cfg.critic.lr_anneal, total_updates=num_updates, device=device)
+                    lr_anneal=cfg.critic.lr_anneal, total_updates=num_updates, device=device, seed=cfg.seed + 1)
     updater = make_updater(cfg.algo, actor, total_updates=num_updates)
     worker = RolloutWorker(
         envs, actor,
@@ -89,23 +93,44 @@ def _train(cfg: DictConfig, out_dir: Path, envs, make_optimizer, device: torch.d
     logger = Logger(str(out_dir), num_updates * steps_per_update, config_yaml, progress=cfg.progress)
     recent_returns: deque[float] = deque(maxlen=20)
     global_step, start = 0, time.perf_counter()
+    # The critic's update of batch k only has to end before batch k+1's values are computed, so with
+    # rollout.overlap_critic it runs during rollout k+1 (in the learner's waits for the workers); what
+    # is left runs after it. Data dependencies are those of the sequential loop and the critic draws
+    # its own minibatches, so the results are the same either way (tests/test_train.py checks it).
+    pending: tuple[Iterator[None], dict[str, float], int] | None = None  # critic steps, metrics, step
+
+    def finish_critic() -> None:
+        steps, metrics, step = pending
+        for _ in steps:
+            pass
+        metrics |= critic.last_metrics
+        metrics["time/sps"] = step / (time.perf_counter() - start)
+        logger.log(metrics, step, float(np.mean(recent_returns)) if recent_returns else None)
+
     try:
         for _ in range(num_updates):
-            batch, episodes = worker.collect()
+            batch, episodes = worker.collect(background=None if pending is None else pending[0])
+            if pending is not None:
+                finish_critic()
+                pending = None
             batch = critic.evaluate(batch)
             advantages, returns = gae(batch.rewards, batch.values, batch.next_values, batch.terminated,
                                       batch.truncated, gamma=cfg.gamma, lam=cfg.gae_lambda)
             batch = batch.replace(advantages=advantages, returns=returns)
             metrics = updater.update(batch)
-            metrics |= critic.update(batch)
 
             global_step += steps_per_update
             recent_returns.extend(episodes.returns)
-            metrics["time/sps"] = global_step / (time.perf_counter() - start)
             if episodes.returns:
                 metrics["charts/episodic_return"] = float(np.mean(episodes.returns))
                 metrics["charts/episodic_length"] = float(np.mean(episodes.lengths))
-            logger.log(metrics, global_step, float(np.mean(recent_returns)) if recent_returns else None)
+            pending = (critic.update_steps(batch), metrics, global_step)
+            if not cfg.rollout.overlap_critic:
+                finish_critic()
+                pending = None
+        if pending is not None:
+            finish_critic()
+            pending = None
     finally:
         logger.close()
         envs.close()

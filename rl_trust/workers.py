@@ -1,7 +1,9 @@
 """Environment stepping in-process or across worker processes, behind one small interface.
 
 ``ParallelEnvs`` splits ``num_envs`` environments into ``workers + 1`` slices: the learner steps
-the first slice itself while each worker process steps one of the others (many envs per process,
+the first slice itself while each worker process steps one of the others (or, with
+``learner_envs=0``, the workers step them all and the learner spends the wait on background work,
+such as the critic's update of the previous batch: see ``step(idle=...)``) (many envs per process,
 not one process per env: on MuJoCo an inter-process message costs more than a simulator step).
 Actions, observations, rewards and flags travel through one shared-memory block, and so does the
 per-step signal: the learner bumps a shared step counter, each worker copies it to its own slot
@@ -18,6 +20,7 @@ import multiprocessing as mp
 import os
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
@@ -140,17 +143,27 @@ def _worker(conn: Connection, buffer, ctrl_buffer, w: int, env_id: str, env_kwar
 class ParallelEnvs:
     """``num_envs`` envs over the learner plus ``workers`` processes (see the module docstring)."""
 
-    def __init__(self, env_id: str, num_envs: int, workers: int, seed: int | None, env_kwargs: dict | None = None):
+    def __init__(self, env_id: str, num_envs: int, workers: int, seed: int | None, env_kwargs: dict | None = None,
+                 learner_envs: int | None = None):
         if not 1 <= workers < num_envs:
             raise ConfigError(f"rollout.workers={workers} is invalid: must lie in [1, env.num_envs - 1 = "
-                              f"{num_envs - 1}] (the learner steps one slice itself)")
+                              f"{num_envs - 1}]")
         env_kwargs = dict(env_kwargs or {})
-        bounds = np.linspace(0, num_envs, workers + 2).round().astype(int)
+        if learner_envs is None:  # an equal share for the learner and each worker
+            bounds = np.linspace(0, num_envs, workers + 2).round().astype(int)
+        elif learner_envs == 0:  # the workers step every env
+            bounds = np.concatenate([[0], np.linspace(0, num_envs, workers + 1).round().astype(int)])
+        else:
+            raise ValueError(f"learner_envs={learner_envs!r}: None (an equal share) or 0")
         self.local_hi = int(bounds[1])
-        self.local = make_vec_env(env_id, self.local_hi, seed=seed, **env_kwargs)
+        # The learner's slice (a vector env of its envs), or one unstepped env for the spaces when it has none.
+        probe = make_vec_env(env_id, max(self.local_hi, 1), seed=seed, **env_kwargs)
+        self.local = probe if self.local_hi > 0 else None
         self.num_envs = num_envs
-        self.single_observation_space = self.local.single_observation_space
-        self.single_action_space = self.local.single_action_space
+        self.single_observation_space = probe.single_observation_space
+        self.single_action_space = probe.single_action_space
+        if self.local is None:
+            probe.close()
         ctx = mp.get_context("spawn")
         self._buffer = ctx.RawArray("b", _Shared.nbytes(num_envs, self.single_observation_space,
                                                         self.single_action_space))
@@ -213,24 +226,32 @@ class ParallelEnvs:
 
     def reset(self, seed: int | None) -> np.ndarray:
         self._broadcast(_RESET + (b"" if seed is None else str(seed).encode()))
-        self.sh.obs[: self.local_hi] = self.local.reset(seed=seed)[0]
+        if self.local is not None:
+            self.sh.obs[: self.local_hi] = self.local.reset(seed=seed)[0]
         for w in range(len(self.conns)):
             self._wait(w)
         return self.sh.obs.copy()
 
-    def step(self, actions: np.ndarray) -> StepResult:
+    def step(self, actions: np.ndarray, idle: Callable[[], bool] | None = None) -> StepResult:
+        """Step every env. ``idle``: called repeatedly while workers are still stepping, one short unit
+        of background work per call, until it returns False (no work left); it must not touch the envs."""
         sh, k, ctrl = self.sh, self.local_hi, self.ctrl
         self._check_alive()
         sh.actions[:] = actions
         target = int(ctrl[0]) + 1
         ctrl[0] = target  # one aligned 8-byte store, after the actions
-        obs, rew, term, trunc, infos = self.local.step(actions[:k])
-        sh.obs[:k] = obs
-        sh.final_obs[:k] = _final_obs(obs, term | trunc, infos)
-        sh.rewards[:k], sh.terminated[:k], sh.truncated[:k] = rew, term, trunc
+        if self.local is not None:
+            obs, rew, term, trunc, infos = self.local.step(actions[:k])
+            sh.obs[:k] = obs
+            sh.final_obs[:k] = _final_obs(obs, term | trunc, infos)
+            sh.rewards[:k], sh.terminated[:k], sh.truncated[:k] = rew, term, trunc
         last_check = time.perf_counter()
         for w in range(len(self.procs)):
             while ctrl[1 + w] != target:
+                if idle is not None:
+                    if not idle():
+                        idle = None
+                    continue
                 os.sched_yield()
                 if time.perf_counter() - last_check > 0.5:
                     last_check = time.perf_counter()
@@ -253,7 +274,8 @@ class ParallelEnvs:
                 proc.join(1.0)
             conn.close()
         self.procs, self.conns = [], []
-        self.local.close()
+        if self.local is not None:
+            self.local.close()
 
 
 def resolve_workers(workers: int | str, num_envs: int) -> int:
@@ -269,7 +291,8 @@ def resolve_workers(workers: int | str, num_envs: int) -> int:
 
 
 def make_envs(env_id: str, num_envs: int, workers: int, seed: int | None,
-              env_kwargs: dict | None = None) -> InProcessEnvs | ParallelEnvs:
+              env_kwargs: dict | None = None, learner_envs: int | None = None) -> InProcessEnvs | ParallelEnvs:
+    """In-process envs (``workers=0``) or :class:`ParallelEnvs` (``learner_envs``: see there)."""
     if workers == 0:
         return InProcessEnvs(env_id, num_envs, seed, env_kwargs)
-    return ParallelEnvs(env_id, num_envs, workers, seed, env_kwargs)
+    return ParallelEnvs(env_id, num_envs, workers, seed, env_kwargs, learner_envs)

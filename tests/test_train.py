@@ -4,12 +4,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import CONFIGS, ROOT, make_cfg, run_cli, tiny
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rl_trust.config import validate
 from rl_trust.errors import ConfigError
 from rl_trust.train import run
+from rl_trust.workers import ParallelEnvs
 
 ALGOS = sorted(p.stem for p in (CONFIGS / "algo").glob("*.yaml"))
 ENVS = sorted(p.stem for p in (CONFIGS / "env").glob("*.yaml"))
@@ -101,6 +103,58 @@ def test_same_seed_same_metrics(algo, tmp_path):
     assert all(v == v for v in a.values())  # no NaN: every metric is compared
     assert strip(a) == strip(b)
     assert strip(a) != strip(c)
+
+
+@pytest.mark.parametrize("algo", ["trpo", "ppo"])
+def test_critic_overlapping_the_rollout_changes_nothing(algo, tmp_path, monkeypatch):
+    """The critic's update interleaved with the next rollout (worker processes) gives the same run as
+    the sequential loop: same metrics, same final networks and optimizer state."""
+    background_steps = []
+    step = ParallelEnvs.step
+
+    def counting_step(self, actions, idle=None):
+        if idle is None:
+            return step(self, actions)
+
+        def counted() -> bool:
+            more = idle()
+            background_steps.append(more)
+            return more
+
+        return step(self, actions, idle=counted)
+
+    monkeypatch.setattr(ParallelEnvs, "step", counting_step)
+    short = ("total_steps=1200", "env.num_envs=4", "rollout.steps_per_env=100", "critic.minibatch_size=20",
+             "checkpoint=true")
+    short += () if algo == "trpo" else ("algo.minibatch_size=40",)
+    runs = {"sequential": ("rollout.workers=0",), "overlap": ("rollout.workers=1", "rollout.overlap_critic=true"),
+            "workers, no overlap": ("rollout.workers=1", "rollout.overlap_critic=false")}
+    results = {name: run(make_cfg("env=Pendulum", *tiny(*short, *extra, algo=algo)), tmp_path / str(i))
+               for i, (name, extra) in enumerate(runs.items())}
+    assert sum(background_steps) > 0  # critic steps did run while the workers stepped
+    strip = lambda m: {k: v for k, v in m.items() if not k.startswith(("train/time", "train/sps"))}
+    assert strip(results["overlap"]) == strip(results["sequential"]) == strip(results["workers, no overlap"])
+    ckpts = [torch.load(tmp_path / str(i) / "checkpoint.pt", weights_only=False) for i in range(len(runs))]
+    reference = {part: _flat(ckpts[0][part]) for part in ("actor", "critic")}
+    assert reference["critic"]  # the networks and the optimizer state are compared
+    for other in ckpts[1:]:
+        for part, tensors in reference.items():
+            theirs = _flat(other[part])
+            assert theirs.keys() == tensors.keys()
+            for key, value in tensors.items():
+                assert torch.equal(value, theirs[key]), (part, key)
+
+
+def _flat(state, prefix=""):
+    """Every tensor of a nested state dict, keyed by its path."""
+    out = {}
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, list | tuple) else ()
+    for k, v in items:
+        if isinstance(v, torch.Tensor):
+            out[f"{prefix}{k}"] = v
+        elif isinstance(v, dict | list | tuple):
+            out |= _flat(v, f"{prefix}{k}.")
+    return out
 
 
 def test_checkpoint_evaluates_with_script(tmp_path):
