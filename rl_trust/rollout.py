@@ -28,7 +28,8 @@ class EpisodeStats:
 class RolloutWorker:
     """Steps ``envs`` for ``steps_per_env`` steps per :meth:`collect`, the policy queried in one batch.
 
-    Buffers are preallocated once; the policy runs under ``torch.no_grad``. Box actions are stored
+    Buffers are preallocated once; the policy is queried through a numpy snapshot taken at the start
+    of each collect (:class:`~rl_trust.policies.NumpyPolicy`). Box actions are stored
     unclipped (their log-probability is of the sampled action) and clipped only for the env.
     """
 
@@ -53,6 +54,8 @@ class RolloutWorker:
         self.obs = obs_norm(envs.reset(seed=seed))
         self.ep_return = np.zeros(N, np.float64)
         self.ep_length = np.zeros(N, np.int64)
+        # Action noise: the rollout's own generator (the policy runs in numpy here, see NumpyPolicy).
+        self.rng = np.random.Generator(np.random.PCG64(seed))
 
     def collect(self, background: Iterator[object] | None = None) -> tuple[RolloutBatch, EpisodeStats]:
         """Step ``steps_per_env`` times. ``background``: an iterator advanced one item at a time while
@@ -60,17 +63,13 @@ class RolloutWorker:
         it must not touch the actor or the envs. In-process envs leave it untouched, and so does a step
         that finds the workers already done: the caller exhausts whatever is left."""
         stats = EpisodeStats()
-        dist = self.actor.dist
+        policy = self.actor.numpy_policy()
         idle = None
         if background is not None and isinstance(self.envs, ParallelEnvs):
             def idle() -> bool:
                 return next(background, _DONE) is not _DONE
         for t in range(self.T):
-            with torch.no_grad():
-                params = self.actor(torch.from_numpy(self.obs))
-                action = dist.sample(params)
-                log_prob = dist.log_prob(params, action)
-            action = action.numpy()
+            action, log_prob = policy.sample(self.obs, self.rng)
             env_action = np.clip(action, self.low, self.high) if self.continuous else action
             if idle is None:
                 res = self.envs.step(env_action)
@@ -92,7 +91,7 @@ class RolloutWorker:
             self._obs[t] = self.obs
             self._next_obs[t] = self.obs_norm.normalize(final)
             self._actions[t] = action
-            self._log_probs[t] = log_prob.numpy()
+            self._log_probs[t] = log_prob
             self._rewards[t] = self.reward_scaler(reward, done)
             self._terminated[t] = terminated
             self._truncated[t] = truncated
@@ -110,8 +109,11 @@ class RolloutWorker:
         return batch, stats
 
     def state_dict(self) -> dict:
-        return {"obs_norm": self.obs_norm.state_dict(), "reward_scaler": self.reward_scaler.state_dict()}
+        return {"obs_norm": self.obs_norm.state_dict(), "reward_scaler": self.reward_scaler.state_dict(),
+                "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
         self.obs_norm.load_state_dict(state["obs_norm"])
         self.reward_scaler.load_state_dict(state["reward_scaler"])
+        if "rng" in state:
+            self.rng.bit_generator.state = state["rng"]

@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection
 import gymnasium as gym
 import numpy as np
 
-from rl_trust.envs import make_vec_env
+from rl_trust.envs import EnvGroup
 from rl_trust.errors import ConfigError
 
 _RESET, _CLOSE = b"r", b"c"
@@ -43,33 +43,31 @@ class StepResult:
     truncated: np.ndarray
 
 
+def _step_arrays(num_envs: int, obs_space: gym.Space) -> tuple[np.ndarray, ...]:
+    """obs, final_obs, rewards, terminated, truncated for ``num_envs`` envs."""
+    return (np.zeros((num_envs, *obs_space.shape), obs_space.dtype), np.zeros((num_envs, *obs_space.shape),
+            obs_space.dtype), np.zeros(num_envs, np.float64), np.zeros(num_envs, bool), np.zeros(num_envs, bool))
+
+
 class InProcessEnvs:
-    """A SAME_STEP ``SyncVectorEnv`` behind the :class:`StepResult` interface."""
+    """An :class:`~rl_trust.envs.EnvGroup` (SAME_STEP autoreset) behind the :class:`StepResult` interface."""
 
     def __init__(self, env_id: str, num_envs: int, seed: int | None, env_kwargs: dict | None = None):
-        self.envs = make_vec_env(env_id, num_envs, seed=seed, **(env_kwargs or {}))
+        self.envs = EnvGroup(env_id, num_envs, **(env_kwargs or {}))
         self.num_envs = num_envs
         self.single_observation_space = self.envs.single_observation_space
         self.single_action_space = self.envs.single_action_space
+        self._out = _step_arrays(num_envs, self.single_observation_space)
 
     def reset(self, seed: int | None) -> np.ndarray:
-        return self.envs.reset(seed=seed)[0]
+        return self.envs.reset(seed=seed)
 
     def step(self, actions: np.ndarray) -> StepResult:
-        obs, rewards, terminated, truncated, infos = self.envs.step(actions)
-        return StepResult(obs, _final_obs(obs, terminated | truncated, infos), rewards, terminated, truncated)
+        self.envs.step(actions, *self._out)
+        return StepResult(*(a.copy() for a in self._out))
 
     def close(self) -> None:
         self.envs.close()
-
-
-def _final_obs(obs: np.ndarray, done: np.ndarray, infos: dict) -> np.ndarray:
-    if not done.any():
-        return obs
-    final = obs.copy()
-    idx = np.flatnonzero(infos["_final_obs"])
-    final[idx] = np.stack(infos["final_obs"][idx])
-    return final
 
 
 class _Shared:
@@ -100,8 +98,9 @@ def _worker(conn: Connection, buffer, ctrl_buffer, w: int, env_id: str, env_kwar
             lo: int, hi: int) -> None:
     """A worker process: steps envs ``lo:hi`` of the shared arrays each time the step counter moves."""
     try:
-        envs = make_vec_env(env_id, hi - lo, **env_kwargs)
+        envs = EnvGroup(env_id, hi - lo, **env_kwargs)
         sh = _Shared(buffer, num_envs, envs.single_observation_space, envs.single_action_space)
+        out = (sh.obs[lo:hi], sh.final_obs[lo:hi], sh.rewards[lo:hi], sh.terminated[lo:hi], sh.truncated[lo:hi])
         ctrl = np.frombuffer(ctrl_buffer, np.int64)
         conn.send_bytes(b"ok")
         done = int(ctrl[0])
@@ -109,10 +108,7 @@ def _worker(conn: Connection, buffer, ctrl_buffer, w: int, env_id: str, env_kwar
         while True:
             if ctrl[0] != done:  # a step: the learner wrote the actions, then bumped the counter
                 done = int(ctrl[0])
-                obs, rew, term, trunc, infos = envs.step(sh.actions[lo:hi])
-                sh.obs[lo:hi] = obs
-                sh.final_obs[lo:hi] = _final_obs(obs, term | trunc, infos)
-                sh.rewards[lo:hi], sh.terminated[lo:hi], sh.truncated[lo:hi] = rew, term, trunc
+                envs.step(sh.actions[lo:hi], *out)
                 ctrl[1 + w] = done
                 idle_since = time.perf_counter()
                 continue
@@ -124,7 +120,7 @@ def _worker(conn: Connection, buffer, ctrl_buffer, w: int, env_id: str, env_kwar
             cmd = conn.recv_bytes()
             if cmd[:1] == _RESET:
                 seed = int(cmd[1:]) if len(cmd) > 1 else None
-                sh.obs[lo:hi] = envs.reset(seed=None if seed is None else seed + lo)[0]
+                sh.obs[lo:hi] = envs.reset(seed=None if seed is None else seed + lo)
             elif cmd == _CLOSE:
                 envs.close()
                 conn.send_bytes(b"bye")
@@ -157,7 +153,7 @@ class ParallelEnvs:
             raise ValueError(f"learner_envs={learner_envs!r}: None (an equal share) or 0")
         self.local_hi = int(bounds[1])
         # The learner's slice (a vector env of its envs), or one unstepped env for the spaces when it has none.
-        probe = make_vec_env(env_id, max(self.local_hi, 1), seed=seed, **env_kwargs)
+        probe = EnvGroup(env_id, max(self.local_hi, 1), **env_kwargs)
         self.local = probe if self.local_hi > 0 else None
         self.num_envs = num_envs
         self.single_observation_space = probe.single_observation_space
@@ -227,7 +223,7 @@ class ParallelEnvs:
     def reset(self, seed: int | None) -> np.ndarray:
         self._broadcast(_RESET + (b"" if seed is None else str(seed).encode()))
         if self.local is not None:
-            self.sh.obs[: self.local_hi] = self.local.reset(seed=seed)[0]
+            self.sh.obs[: self.local_hi] = self.local.reset(seed=seed)
         for w in range(len(self.conns)):
             self._wait(w)
         return self.sh.obs.copy()
@@ -241,10 +237,8 @@ class ParallelEnvs:
         target = int(ctrl[0]) + 1
         ctrl[0] = target  # one aligned 8-byte store, after the actions
         if self.local is not None:
-            obs, rew, term, trunc, infos = self.local.step(actions[:k])
-            sh.obs[:k] = obs
-            sh.final_obs[:k] = _final_obs(obs, term | trunc, infos)
-            sh.rewards[:k], sh.terminated[:k], sh.truncated[:k] = rew, term, trunc
+            self.local.step(actions[:k], sh.obs[:k], sh.final_obs[:k], sh.rewards[:k], sh.terminated[:k],
+                            sh.truncated[:k])
         last_check = time.perf_counter()
         for w in range(len(self.procs)):
             while ctrl[1 + w] != target:

@@ -1,5 +1,6 @@
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 from torch.distributions import Categorical as TorchCategorical
 from torch.distributions import Independent, Normal, kl_divergence
@@ -49,3 +50,39 @@ def test_actor_builds_for_box_and_discrete():
     disc = Actor(3, gym.spaces.Discrete(4), [8], "relu")
     (logp,) = disc(torch.zeros(5, 3))
     torch.testing.assert_close(logp.exp().sum(-1), torch.ones(5))
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
+@pytest.mark.parametrize("space", [gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(4)], ids=["box", "discrete"])
+def test_numpy_policy_matches_the_actor(activation, space):
+    """The rollout's numpy snapshot: its log-probabilities are the torch formulas' at the actions it
+    samples, and its samples follow the actor's distribution."""
+    torch.manual_seed(0)
+    actor = Actor(5, space, [16, 16], activation, log_std_init=-0.5, ortho_init=False)
+    policy = actor.numpy_policy()
+    rng = np.random.Generator(np.random.PCG64(0))
+    obs = np.random.default_rng(1).standard_normal((6, 5)).astype(np.float32)
+    with torch.no_grad():
+        params = actor(torch.from_numpy(obs))
+    n = 4000
+    actions, log_probs = zip(*(policy.sample(obs, rng) for _ in range(n)), strict=True)
+    actions, log_probs = np.stack(actions), np.stack(log_probs)  # [n, 6, ...], [n, 6]
+    with torch.no_grad():
+        expanded = tuple(p.expand(n, *p.shape) for p in params)
+        ref = actor.dist.log_prob(expanded, torch.from_numpy(actions)).numpy()
+    np.testing.assert_allclose(log_probs, ref, rtol=1e-5, atol=1e-5)
+    if isinstance(space, gym.spaces.Box):
+        mean, log_std = (p.detach().numpy() for p in params)
+        assert actions.dtype == np.float32 and actions.shape == (n, 6, 3)
+        np.testing.assert_allclose(actions.mean(0), mean, atol=5 * np.exp(-0.5) / np.sqrt(n))
+        np.testing.assert_allclose(actions.std(0), np.exp(log_std), rtol=0.05)
+    else:
+        probs = params[0].detach().exp().numpy()
+        assert actions.dtype == np.int64 and set(np.unique(actions)) <= set(range(4))
+        freq = np.stack([(actions == k).mean(0) for k in range(4)], -1)
+        np.testing.assert_allclose(freq, probs, atol=0.03)
+    # The snapshot does not follow later changes to the actor: a new one does.
+    with torch.no_grad():
+        for p in actor.parameters():
+            p.add_(1.0)
+    assert not np.allclose(policy._forward(obs), actor.numpy_policy()._forward(obs))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from rl_trust.envs import make_vec_env
+from rl_trust.envs import EnvGroup, make_vec_env
 from rl_trust.errors import ConfigError
 from rl_trust.normalization import ObsNormalizer, RewardScaler
 from rl_trust.policies import Actor
@@ -125,3 +125,38 @@ def test_dead_worker_is_reported_and_close_leaves_no_process():
 def test_bad_worker_counts_are_named():
     with pytest.raises(ConfigError, match="rollout.workers=4"):
         ParallelEnvs("Pendulum-v1", 4, workers=4, seed=0)
+
+
+@pytest.mark.parametrize("env_id, kwargs", [("CartPole-v1", {}), ("rl_trust_test/Counter-v0", {}),
+                                            ("HalfCheetah-v5", {"max_episode_steps": 30})])
+def test_env_group_steps_exactly_like_gymnasium_same_step_sync_vector_env(env_id, kwargs):
+    """EnvGroup (the rollout's lean loop) against gymnasium's SAME_STEP SyncVectorEnv: every array equal,
+    through terminations, time-limit truncations and the resets that follow."""
+    n = 4
+    ref = make_vec_env(env_id, n, **kwargs)
+    group = EnvGroup(env_id, n, **kwargs)
+    np.testing.assert_array_equal(group.reset(seed=7), ref.reset(seed=7)[0])
+    rng = np.random.default_rng(0)
+    space = group.single_action_space
+    obs, final = (np.zeros((n, *group.single_observation_space.shape), group.single_observation_space.dtype)
+                  for _ in range(2))
+    rewards, terminated, truncated = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
+    ends = 0
+    for _ in range(120):
+        if isinstance(space, gym.spaces.Discrete):
+            actions = rng.integers(0, space.n, n)
+        else:
+            actions = rng.uniform(space.low, space.high, (n, *space.shape)).astype(space.dtype)
+        group.step(actions, obs, final, rewards, terminated, truncated)
+        r_obs, r_rew, r_term, r_trunc, infos = ref.step(actions)
+        np.testing.assert_array_equal(obs, r_obs)
+        np.testing.assert_array_equal(rewards, r_rew)
+        np.testing.assert_array_equal(terminated, r_term)
+        np.testing.assert_array_equal(truncated, r_trunc)
+        done = r_term | r_trunc
+        ends += int(done.sum())
+        for i in range(n):
+            np.testing.assert_array_equal(final[i], infos["final_obs"][i] if done[i] else r_obs[i])
+    assert ends > 0, "no episode ended: the reset path went untested"
+    group.close()
+    ref.close()

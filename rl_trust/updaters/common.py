@@ -31,7 +31,10 @@ def policy_data(batch: RolloutBatch, actor: Actor) -> PolicyData:
     flat = batch.flat()
     with torch.no_grad():
         old_params = tuple(p.detach() for p in actor(flat["obs"]))
-    return PolicyData(flat["obs"], flat["actions"], flat["log_probs"], flat["advantages"], old_params)
+        # The rollout's log-probabilities come from its numpy copy of the policy; recomputed here with
+        # the formulas the update differentiates, the first ratio is exactly 1 rather than 1 ± rounding.
+        old_log_probs = actor.dist.log_prob(old_params, flat["actions"])
+    return PolicyData(flat["obs"], flat["actions"], old_log_probs, flat["advantages"], old_params)
 
 
 def normalize(x: Tensor, eps: float = 1e-8) -> Tensor:
@@ -60,9 +63,12 @@ class Surrogate:
 
 
 def surrogate_objective(actor: Actor, mb: PolicyData, *, clip_range: float | None,
-                        normalize_advantages: bool) -> Surrogate:
-    """The importance-sampled surrogate PPO-clip and the KL penalty share (clipped when ``clip_range``)."""
-    params = actor(mb.obs)
+                        normalize_advantages: bool, hand_grad: bool = False) -> Surrogate:
+    """The importance-sampled surrogate PPO-clip and the KL penalty share (clipped when ``clip_range``).
+
+    ``hand_grad``: the actor's network differentiated by hand (minibatch steps; not twice differentiable).
+    """
+    params = actor(mb.obs, hand_grad=hand_grad)
     log_ratio = actor.dist.log_prob(params, mb.actions) - mb.log_probs
     ratio = log_ratio.exp()
     adv = normalize(mb.advantages) if normalize_advantages else mb.advantages

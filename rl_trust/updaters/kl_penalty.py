@@ -50,7 +50,7 @@ class KLPenalty:
 
     def loss(self, mb: PolicyData) -> tuple[Tensor, dict[str, Tensor]]:
         s = surrogate_objective(self.actor, mb, clip_range=self.clip_range,
-                                normalize_advantages=self.normalize_advantages)
+                                normalize_advantages=self.normalize_advantages, hand_grad=True)
         kl = self.actor.dist.kl(mb.old_params, s.params).mean()
         s.info["losses/kl_penalty"] = self.beta * kl.detach()
         return -s.surrogate + self.beta * kl - self.ent_coef * s.entropy, s.info

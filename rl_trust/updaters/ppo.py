@@ -35,7 +35,7 @@ class PPO:
 
     def loss(self, mb: PolicyData) -> tuple[Tensor, dict[str, Tensor]]:
         s = surrogate_objective(self.actor, mb, clip_range=self.clip_range,
-                                normalize_advantages=self.normalize_advantages)
+                                normalize_advantages=self.normalize_advantages, hand_grad=True)
         return -s.surrogate - self.ent_coef * s.entropy, s.info
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
