@@ -147,10 +147,11 @@ class ParallelEnvs:
         env_kwargs = dict(env_kwargs or {})
         if learner_envs is None:  # an equal share for the learner and each worker
             bounds = np.linspace(0, num_envs, workers + 2).round().astype(int)
-        elif learner_envs == 0:  # the workers step every env
-            bounds = np.concatenate([[0], np.linspace(0, num_envs, workers + 1).round().astype(int)])
+        elif 0 <= learner_envs <= num_envs - workers:  # the learner steps that many, the workers share the rest
+            rest = np.linspace(learner_envs, num_envs, workers + 1).round().astype(int)
+            bounds = np.concatenate([[0], rest])
         else:
-            raise ValueError(f"learner_envs={learner_envs!r}: None (an equal share) or 0")
+            raise ValueError(f"learner_envs={learner_envs!r}: None (an equal share) or in [0, {num_envs - workers}]")
         self.local_hi = int(bounds[1])
         # The learner's slice (a vector env of its envs), or one unstepped env for the spaces when it has none.
         probe = EnvGroup(env_id, max(self.local_hi, 1), **env_kwargs)

@@ -12,6 +12,7 @@ products, line search) and the critic update.
 from __future__ import annotations
 
 import argparse
+import inspect
 import cProfile
 import os
 import pstats
@@ -33,7 +34,8 @@ def phases() -> list[tuple[str, object]]:
     return [
         ("rollout: total collect()", rollout.RolloutWorker.collect),
         ("rollout: env step", workers.InProcessEnvs.step),
-        ("policy forward (rollout and update)", policies.Actor.forward),
+        ("rollout: policy query (numpy snapshot)", policies.NumpyPolicy.sample),
+        ("policy forward (update, torch)", policies.Actor.forward),
         ("rollout: obs statistics update", normalization.ObsNormalizer.update),
         ("rollout: obs normalise", normalization.ObsNormalizer.normalize),
         ("rollout: reward scaling", normalization.RewardScaler.__call__),
@@ -43,7 +45,7 @@ def phases() -> list[tuple[str, object]]:
         ("policy update: total", ppo.PPO.update),
         ("  TRPO: conjugate gradient (incl. FVPs)", trust_region.cg_solve),
         ("  TRPO: line search", trust_region.backtracking_line_search),
-        ("critic update", critic.Critic.update),
+        ("critic update", critic.Critic.update_steps),
         ("whole loop", train._train),
     ]
 
@@ -78,7 +80,7 @@ def main() -> None:
     print(f"{args.algo}, {args.env}, {n} envs x {t} steps ({n * t} samples/iteration), "
           f"ms per iteration over {iters} iterations (first one included; cProfile adds overhead)")
     for label, fn in phases():
-        code = fn.__code__
+        code = inspect.unwrap(fn).__code__  # the function itself, not a decorator's shared wrapper
         key = (code.co_filename, code.co_firstlineno, code.co_name)
         if key in stats:
             print(f"  {label:42s} {1000 * stats[key][3] / iters:8.1f}")
