@@ -68,34 +68,42 @@ class RolloutWorker:
         if background is not None and isinstance(self.envs, ParallelEnvs):
             def idle() -> bool:
                 return next(background, _DONE) is not _DONE
+        # Pipelined: once step t's results are in, the next actions are computed and sent first and
+        # step t is recorded while the envs take step t+1 (in worker processes that overlaps; in
+        # process it is the same work in the same order). Same values as recording first.
+        obs, (action, log_prob) = self.obs, policy.sample(self.obs, self.rng)
+        self.envs.step_async(self._env_action(action))
         for t in range(self.T):
-            action, log_prob = policy.sample(self.obs, self.rng)
-            env_action = np.clip(action, self.low, self.high) if self.continuous else action
-            if idle is None:
-                res = self.envs.step(env_action)
-            else:
-                res = self.envs.step(env_action, idle=idle)
+            res = self.envs.step_wait(idle)
             raw, final, reward = res.obs, res.final_obs, res.rewards
             terminated, truncated = res.terminated, res.truncated
-            done = terminated | truncated
+            self.obs_norm.update(raw)
+            next_obs = self.obs_norm.normalize(raw)  # what the policy acts on next
+            if t + 1 < self.T:
+                next_action, next_log_prob = policy.sample(next_obs, self.rng)
+                self.envs.step_async(self._env_action(next_action))
 
+            done = terminated | truncated
             self.ep_return += reward
             self.ep_length += 1
-            if done.any():
-                stats.returns.extend(self.ep_return[done].tolist())
-                stats.lengths.extend(self.ep_length[done].tolist())
-                self.ep_return[done] = 0.0
-                self.ep_length[done] = 0
-
-            self.obs_norm.update(raw)
-            self._obs[t] = self.obs
-            self._next_obs[t] = self.obs_norm.normalize(final)
+            self._obs[t] = obs
             self._actions[t] = action
             self._log_probs[t] = log_prob
             self._rewards[t] = self.reward_scaler(reward, done)
             self._terminated[t] = terminated
             self._truncated[t] = truncated
-            self.obs = self.obs_norm.normalize(raw) if done.any() else self._next_obs[t].copy()
+            if done.any():
+                stats.returns.extend(self.ep_return[done].tolist())
+                stats.lengths.extend(self.ep_length[done].tolist())
+                self.ep_return[done] = 0.0
+                self.ep_length[done] = 0
+                self._next_obs[t] = self.obs_norm.normalize(final)
+            else:  # final is raw where no episode ended
+                self._next_obs[t] = next_obs
+            obs = next_obs
+            if t + 1 < self.T:
+                action, log_prob = next_action, next_log_prob
+        self.obs = obs
 
         batch = RolloutBatch(
             obs=torch.tensor(self._obs),
@@ -107,6 +115,9 @@ class RolloutWorker:
             truncated=torch.tensor(self._truncated),
         )
         return batch, stats
+
+    def _env_action(self, action: np.ndarray) -> np.ndarray:
+        return np.clip(action, self.low, self.high) if self.continuous else action
 
     def state_dict(self) -> dict:
         return {"obs_norm": self.obs_norm.state_dict(), "reward_scaler": self.reward_scaler.state_dict(),

@@ -58,6 +58,7 @@ class InProcessEnvs:
         self.single_observation_space = self.envs.single_observation_space
         self.single_action_space = self.envs.single_action_space
         self._out = _step_arrays(num_envs, self.single_observation_space)
+        self._pending: np.ndarray | None = None
 
     def reset(self, seed: int | None) -> np.ndarray:
         return self.envs.reset(seed=seed)
@@ -65,6 +66,14 @@ class InProcessEnvs:
     def step(self, actions: np.ndarray) -> StepResult:
         self.envs.step(actions, *self._out)
         return StepResult(*(a.copy() for a in self._out))
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Hand over the actions; :meth:`step_wait` steps (in process there is nothing to overlap)."""
+        self._pending = actions
+
+    def step_wait(self, idle: Callable[[], bool] | None = None) -> StepResult:
+        actions, self._pending = self._pending, None
+        return self.step(actions)
 
     def close(self) -> None:
         self.envs.close()
@@ -167,6 +176,7 @@ class ParallelEnvs:
         self.sh = _Shared(self._buffer, num_envs, self.single_observation_space, self.single_action_space)
         self._ctrl_buffer = ctx.RawArray("b", 8 * (1 + workers))  # int64: step counter, then one ack per worker
         self.ctrl = np.frombuffer(self._ctrl_buffer, np.int64)
+        self._target = 0  # the step counter value the workers acknowledge when the current step is done
         self.procs, self.conns = [], []
         try:
             for w in range(workers):
@@ -230,16 +240,26 @@ class ParallelEnvs:
         return self.sh.obs.copy()
 
     def step(self, actions: np.ndarray, idle: Callable[[], bool] | None = None) -> StepResult:
-        """Step every env. ``idle``: called repeatedly while workers are still stepping, one short unit
-        of background work per call, until it returns False (no work left); it must not touch the envs."""
+        """Step every env: :meth:`step_async` then :meth:`step_wait`."""
+        self.step_async(actions)
+        return self.step_wait(idle)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Start a step: the workers begin at once; the learner steps its own slice, if any, now."""
         sh, k, ctrl = self.sh, self.local_hi, self.ctrl
         self._check_alive()
         sh.actions[:] = actions
-        target = int(ctrl[0]) + 1
-        ctrl[0] = target  # one aligned 8-byte store, after the actions
+        self._target = int(ctrl[0]) + 1
+        ctrl[0] = self._target  # one aligned 8-byte store, after the actions
         if self.local is not None:
             self.local.step(actions[:k], sh.obs[:k], sh.final_obs[:k], sh.rewards[:k], sh.terminated[:k],
                             sh.truncated[:k])
+
+    def step_wait(self, idle: Callable[[], bool] | None = None) -> StepResult:
+        """Wait for the workers' slices of the step begun by :meth:`step_async`. ``idle``: called
+        repeatedly meanwhile, one short unit of background work per call, until it returns False (no
+        work left); it must not touch the envs."""
+        sh, ctrl, target = self.sh, self.ctrl, self._target
         last_check = time.perf_counter()
         for w in range(len(self.procs)):
             while ctrl[1 + w] != target:

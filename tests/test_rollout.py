@@ -160,3 +160,53 @@ def test_env_group_steps_exactly_like_gymnasium_same_step_sync_vector_env(env_id
     assert ends > 0, "no episode ended: the reset path went untested"
     group.close()
     ref.close()
+
+
+def _reference_collect(envs, actor, obs_norm, reward_scaler, obs, rng, T, ep_return):
+    """The rollout written plainly: act, step, record, in that order (no pipelining)."""
+    policy = actor.numpy_policy()
+    out = {k: [] for k in ("obs", "next_obs", "actions", "log_probs", "rewards", "terminated", "truncated")}
+    returns = []
+    for _ in range(T):
+        action, log_prob = policy.sample(obs, rng)
+        space = envs.single_action_space
+        res = envs.step(np.clip(action, space.low, space.high) if isinstance(space, gym.spaces.Box) else action)
+        done = res.terminated | res.truncated
+        ep_return += res.rewards
+        returns += ep_return[done].tolist()
+        ep_return[done] = 0
+        obs_norm.update(res.obs)
+        out["obs"].append(obs)
+        out["next_obs"].append(obs_norm.normalize(res.final_obs))
+        out["actions"].append(action)
+        out["log_probs"].append(log_prob)
+        out["rewards"].append(reward_scaler(res.rewards, done))
+        out["terminated"].append(res.terminated)
+        out["truncated"].append(res.truncated)
+        obs = obs_norm.normalize(res.obs)
+    return {k: np.stack(v) for k, v in out.items()}, returns, obs
+
+
+@pytest.mark.parametrize("env_id, obs_dim", [("CartPole-v1", 4), ("Pendulum-v1", 3)])
+def test_pipelined_collect_equals_the_plain_loop(env_id, obs_dim):
+    """collect() sends the next actions before recording a step; the batch is the plain loop's, bit for bit."""
+    torch.manual_seed(0)
+    kwargs = {"max_episode_steps": 25} if env_id == "Pendulum-v1" else {}
+    envs, ref_envs = InProcessEnvs(env_id, 3, seed=0, env_kwargs=kwargs), InProcessEnvs(env_id, 3, seed=0,
+                                                                                         env_kwargs=kwargs)
+    actor = Actor(obs_dim, envs.single_action_space, [8], "tanh")
+    worker = RolloutWorker(envs, actor, ObsNormalizer((obs_dim,)), RewardScaler(3, 0.99), steps_per_env=60, seed=0)
+    ref_norm, ref_scaler = ObsNormalizer((obs_dim,)), RewardScaler(3, 0.99)
+    ref_obs = ref_norm(ref_envs.reset(seed=0))
+    rng, ep_return = np.random.Generator(np.random.PCG64(0)), np.zeros(3)
+    for _ in range(2):
+        batch, stats = worker.collect()
+        ref, ref_returns, ref_obs = _reference_collect(ref_envs, actor, ref_norm, ref_scaler, ref_obs, rng, 60,
+                                                       ep_return)
+        assert batch.terminated.any() or batch.truncated.any()
+        for key, value in ref.items():
+            np.testing.assert_array_equal(getattr(batch, key).numpy(), value, err_msg=key)
+        assert stats.returns == ref_returns
+        np.testing.assert_array_equal(worker.obs, ref_obs)
+    envs.close()
+    ref_envs.close()

@@ -110,20 +110,20 @@ def test_critic_overlapping_the_rollout_changes_nothing(algo, tmp_path, monkeypa
     """The critic's update interleaved with the next rollout (worker processes) gives the same run as
     the sequential loop: same metrics, same final networks and optimizer state."""
     background_steps = []
-    step = ParallelEnvs.step
+    step_wait = ParallelEnvs.step_wait
 
-    def counting_step(self, actions, idle=None):
+    def counting_step_wait(self, idle=None):
         if idle is None:
-            return step(self, actions)
+            return step_wait(self)
 
         def counted() -> bool:
             more = idle()
             background_steps.append(more)
             return more
 
-        return step(self, actions, idle=counted)
+        return step_wait(self, idle=counted)
 
-    monkeypatch.setattr(ParallelEnvs, "step", counting_step)
+    monkeypatch.setattr(ParallelEnvs, "step_wait", counting_step_wait)
     short = ("total_steps=1200", "env.num_envs=4", "rollout.steps_per_env=100", "critic.minibatch_size=20",
              "checkpoint=true")
     short += () if algo == "trpo" else ("algo.minibatch_size=40",)
