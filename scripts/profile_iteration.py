@@ -12,8 +12,8 @@ products, line search) and the critic update.
 from __future__ import annotations
 
 import argparse
-import inspect
 import cProfile
+import inspect
 import os
 import pstats
 import tempfile

@@ -58,3 +58,43 @@ def test_fixed_beta_stays_fixed():
     for seed in range(3):
         upd.update(make_batch(actor, seed=seed))
     assert upd.beta == 0.3
+
+
+@pytest.mark.parametrize("case", ["ppo", "ppo_ties", "kl_penalty", "no_clip_no_norm"])
+def test_hand_written_surrogate_gradient_equals_autograd(case):
+    """gaussian_loss_and_grad (PPO's and the KL penalty's minibatch step) against autograd on the same loss."""
+    from rl_trust.updaters.common import PolicyData, gaussian_loss_and_grad, surrogate_objective
+
+    torch.manual_seed(0)
+    actor = Actor(5, gym.spaces.Box(-1, 1, (3,)), [16, 16], "tanh", log_std_init=-0.4)
+    obs, actions = torch.randn(48, 5), torch.randn(48, 3)
+    with torch.no_grad():
+        old = tuple(p.detach() for p in actor(obs, hand_grad=True))
+        if case == "ppo_ties":  # ratio exactly 1 (ties of min), as on an update's first minibatch
+            old_lp = actor.dist.log_prob(old, actions)
+        else:  # a policy moved away from the data: ratios on both sides of the clip range
+            old_lp = actor.dist.log_prob(old, actions) + 0.3 * torch.randn(48)
+            old = (old[0] + 0.2 * torch.randn_like(old[0]), old[1] + 0.1)
+    mb = PolicyData(obs, actions, old_lp, torch.randn(48), old)
+    clip = None if case == "no_clip_no_norm" else 0.2
+    norm = case != "no_clip_no_norm"
+    kl_coef = 3.0 if case == "kl_penalty" else None
+
+    actor.zero_grad(set_to_none=True)
+    loss, info = gaussian_loss_and_grad(actor, mb, clip_range=clip, normalize_advantages=norm, ent_coef=0.01,
+                                        kl_coef=kl_coef)
+    hand = [p.grad.clone() for p in actor.parameters()]
+    actor.zero_grad(set_to_none=True)
+    s = surrogate_objective(actor, mb, clip_range=clip, normalize_advantages=norm, hand_grad=True)
+    ref_loss = -s.surrogate - 0.01 * s.entropy
+    if kl_coef is not None:
+        ref_loss = ref_loss + kl_coef * actor.dist.kl(mb.old_params, s.params).mean()
+    ref_loss.backward()
+    assert not loss.requires_grad
+    assert float(loss) == pytest.approx(float(ref_loss.detach()), rel=1e-5, abs=1e-7)
+    for key in ("losses/policy", "losses/entropy", "approx_kl"):
+        assert float(info[key]) == pytest.approx(float(s.info[key]), rel=1e-5, abs=1e-8), key
+    if clip is not None:
+        assert 0 < float(info["losses/clipfrac"]) < 1 or case == "ppo_ties"
+    for p, h in zip(actor.parameters(), hand, strict=True):
+        torch.testing.assert_close(h, p.grad, rtol=1e-4, atol=1e-6)

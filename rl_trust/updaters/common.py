@@ -27,10 +27,12 @@ class PolicyData:
                           tuple(p[idx] for p in self.old_params))
 
 
-def policy_data(batch: RolloutBatch, actor: Actor) -> PolicyData:
+def policy_data(batch: RolloutBatch, actor: Actor, hand_grad: bool = False) -> PolicyData:
+    """The batch flattened, with the old policy's parameters and log-probabilities; ``hand_grad``:
+    computed with the same forward as the minibatch steps that use :func:`actor_loss_and_grad`."""
     flat = batch.flat()
     with torch.no_grad():
-        old_params = tuple(p.detach() for p in actor(flat["obs"]))
+        old_params = tuple(p.detach() for p in actor(flat["obs"], hand_grad=hand_grad))
         # The rollout's log-probabilities come from its numpy copy of the policy; recomputed here with
         # the formulas the update differentiates, the first ratio is exactly 1 rather than 1 ± rounding.
         old_log_probs = actor.dist.log_prob(old_params, flat["actions"])
@@ -85,7 +87,70 @@ def surrogate_objective(actor: Actor, mb: PolicyData, *, clip_range: float | Non
     return Surrogate(params, surrogate, entropy, info)
 
 
-# A minibatch loss: (loss to minimise, diagnostics as detached scalars incl. "approx_kl").
+@torch.no_grad()
+def gaussian_loss_and_grad(actor: Actor, mb: PolicyData, *, clip_range: float | None, normalize_advantages: bool,
+                           ent_coef: float, kl_coef: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """``-surrogate - ent_coef·H (+ kl_coef·KL(old ‖ new))`` on a Gaussian policy's minibatch, its gradient
+    written into the actor's ``.grad`` by hand (the network through :class:`~rl_trust.mlp_grad.MLPGrad`).
+
+    The same loss and the same gradient as building it with autograd from :func:`surrogate_objective`
+    (``tests/test_kl_penalty.py`` compares them, ties of ``min`` and the clip's bounds included), without
+    autograd's per-node cost, which dominates a 64-sample minibatch step. Returns a detached loss.
+    """
+    manual = actor._mlp_grad
+    mean, inputs = manual.forward(mb.obs)
+    log_std = actor.log_std.expand_as(mean)
+    params = (mean, log_std)
+    log_prob = actor.dist.log_prob(params, mb.actions)  # the formula policy_data's old log-probs used
+    inv_std = torch.exp(-log_std)
+    z = (mb.actions - mean) * inv_std
+    log_ratio = log_prob - mb.log_probs
+    ratio = log_ratio.exp()
+    adv = normalize(mb.advantages) if normalize_advantages else mb.advantages
+    objective = ratio * adv
+    d_obj = adv  # d objective / d ratio
+    if clip_range is not None:
+        clipped = ratio.clamp(1 - clip_range, 1 + clip_range)
+        obj_clip = clipped * adv
+        inside = ((ratio >= 1 - clip_range) & (ratio <= 1 + clip_range)).to(adv.dtype)
+        # torch.min's gradient: to the smaller branch, half to each on a tie.
+        w_plain = torch.where(objective < obj_clip, 1.0, torch.where(objective > obj_clip, 0.0, 0.5))
+        d_obj = adv * (w_plain + (1 - w_plain) * inside)
+        objective = torch.minimum(objective, obj_clip)
+    n = len(ratio)
+    surrogate = objective.mean()
+    entropy = actor.dist.entropy(params).mean()
+    g_logp = (-d_obj * ratio / n).unsqueeze(-1)  # d loss / d log-prob, per sample
+    grad_mean = g_logp * z * inv_std
+    grad_log_std = (g_logp * (z * z - 1)).sum(0) - ent_coef
+    loss = -surrogate - ent_coef * entropy
+    info = {"losses/policy": -surrogate, "losses/entropy": entropy, "approx_kl": approx_kl(log_ratio)}
+    if clip_range is not None:
+        info["losses/clipfrac"] = ((ratio - 1).abs() > clip_range).float().mean()
+    if kl_coef is not None:
+        old_mean, old_log_std = mb.old_params
+        kl = actor.dist.kl(mb.old_params, params).mean()
+        inv_var = torch.exp(-2 * log_std)
+        grad_mean += (kl_coef / n) * (mean - old_mean) * inv_var
+        grad_log_std += (kl_coef / n) * (1 - torch.exp(2 * (old_log_std - log_std))
+                                         - (old_mean - mean).pow(2) * inv_var).sum(0)
+        loss = loss + kl_coef * kl
+        info["kl"] = kl
+    manual.backward(inputs, grad_mean)
+    if actor.log_std.grad is None:
+        actor.log_std.grad = grad_log_std
+    else:
+        actor.log_std.grad.add_(grad_log_std)
+    return loss, info
+
+
+def hand_grad_ok(actor: Actor) -> bool:
+    """Whether :func:`gaussian_loss_and_grad` applies (a Gaussian policy on a plain MLP)."""
+    return actor.continuous and actor._mlp_grad is not None
+
+
+# A minibatch loss: (loss to minimise, diagnostics as detached scalars incl. "approx_kl"). A loss that
+# does not require grad has written its gradient into the parameters' .grad itself.
 LossFn = Callable[[PolicyData], tuple[Tensor, dict[str, Tensor]]]
 
 
@@ -102,12 +167,13 @@ def minibatch_epochs(data: PolicyData, loss_fn: LossFn, optimizer: torch.optim.O
     steps, stopped = 0, False
     for _ in range(epochs):
         for idx in minibatch_indices(len(data.obs), minibatch_size):
+            optimizer.zero_grad(set_to_none=True)
             loss, info = loss_fn(data[idx])
             if target_kl is not None and info["approx_kl"] > 1.5 * target_kl:
                 stopped = True
                 break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if loss.requires_grad:
+                loss.backward()
             if max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(params, max_grad_norm)
             optimizer.step()

@@ -10,6 +10,8 @@ from rl_trust.policies import Actor
 from rl_trust.updaters.common import (
     PolicyData,
     annealed_lr,
+    gaussian_loss_and_grad,
+    hand_grad_ok,
     minibatch_epochs,
     policy_data,
     policy_shift,
@@ -34,6 +36,9 @@ class PPO:
         self.num_updates = 0
 
     def loss(self, mb: PolicyData) -> tuple[Tensor, dict[str, Tensor]]:
+        if hand_grad_ok(self.actor):  # the same gradient, written by hand (common.gaussian_loss_and_grad)
+            return gaussian_loss_and_grad(self.actor, mb, clip_range=self.clip_range,
+                                          normalize_advantages=self.normalize_advantages, ent_coef=self.ent_coef)
         s = surrogate_objective(self.actor, mb, clip_range=self.clip_range,
                                 normalize_advantages=self.normalize_advantages, hand_grad=True)
         return -s.surrogate - self.ent_coef * s.entropy, s.info
@@ -42,7 +47,7 @@ class PPO:
         lr = self.lr
         if self.lr_anneal:
             lr = annealed_lr(self.optimizer, self.lr, self.num_updates, self.total_updates)
-        data = policy_data(batch, self.actor)
+        data = policy_data(batch, self.actor, hand_grad=True)
         out = minibatch_epochs(data, self.loss, self.optimizer, self.params, epochs=self.epochs,
                                minibatch_size=self.minibatch_size, max_grad_norm=self.max_grad_norm,
                                target_kl=self.target_kl)
