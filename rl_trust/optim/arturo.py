@@ -130,28 +130,27 @@ class Arturo(Optimizer):
             offset += n
         return buf
 
-    def _workspace(self, group: dict, buf: Tensor) -> Tensor:
-        """Scratch rows for one step, reused across steps (large fresh allocations dominate otherwise).
-
-        Derived, not state: it is not saved and is rebuilt after ``load_state_dict``.
-        """
+    def _workspace(self, group: dict, buf: Tensor, rows: int) -> Tensor:
+        """``rows`` scratch rows for one step (8 for the eager step, 2 for the CPU kernel), reused across
+        steps (large fresh allocations dominate otherwise). Derived, not state: not saved, rebuilt after
+        ``load_state_dict``."""
         cache = self.__dict__.setdefault("_scratch", {})
         key = id(group)
         ws = cache.get(key)
-        if ws is None or ws.shape[1] != buf.shape[1] or ws.device != buf.device or ws.dtype != buf.dtype:
-            ws = cache[key] = torch.empty(8, buf.shape[1], dtype=buf.dtype, device=buf.device)
+        if ws is None or ws.shape != (rows, buf.shape[1]) or ws.device != buf.device or ws.dtype != buf.dtype:
+            ws = cache[key] = torch.empty(rows, buf.shape[1], dtype=buf.dtype, device=buf.device)
         return ws
 
     def _group_step(self, group: dict, params: list[Tensor]) -> None:
         buf = self._group_state(group)
-        ws = self._workspace(group, buf)
         head = self.state[group["params"][0]]
         eps, wd = group["lr"], group["weight_decay"]
         reg, prior, nu = group["reg_weight"], group["prior_prec"], group["nu"]
         partial = len(params) != len(group["params"])
         if not partial and group.get("_all_initialized", False) and self._use_kernel(group, buf):
-            self._kernel_step(group, head, buf, ws)
+            self._kernel_step(group, head, buf, self._workspace(group, buf, 2))
             return
+        ws = self._workspace(group, buf, 8)
         if partial:  # some parameters have no gradient: they take no step and keep their state
             have = {id(p) for p in params}
             mask = torch.cat([torch.full((p.numel(),), id(p) in have, device=buf.device) for p in group["params"]])
