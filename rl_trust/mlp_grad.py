@@ -79,6 +79,27 @@ class MLPGrad:
         return _MLPFunction.apply(x, self, *self.params)
 
     @torch.no_grad()
+    def jvp(self, inputs: list[Tensor], tangents: list[Tensor]) -> Tensor:
+        """d(output)/d(parameters) · ``tangents`` (one tangent per entry of :attr:`params`), at the point
+        :meth:`forward` computed ``inputs`` for: forward-mode differentiation, the input held fixed."""
+        dh = None
+        for i, lin in enumerate(self.linears):
+            d_weight, d_bias = tangents[2 * i], tangents[2 * i + 1]
+            dz = torch.addmm(d_bias, inputs[i], d_weight.t())
+            if dh is not None:
+                dz.addmm_(dh, lin.weight.t())
+            if i == len(self.acts):
+                return dz
+            act, h = self.acts[i], inputs[i + 1]  # that activation's output
+            if act is nn.Tanh:
+                dh = dz.mul_(1.0 - h * h)
+            elif act is nn.ReLU:
+                dh = dz.mul_(h > 0)
+            else:
+                dh = dz.mul_(torch.where(h > 0, 1.0, h + 1.0))
+        raise AssertionError("unreachable: the last layer returns")
+
+    @torch.no_grad()
     def gradients(self, inputs: list[Tensor], grad_out: Tensor) -> list[Tensor]:
         """d(loss)/d(parameter) for each of :attr:`params`, given ``grad_out`` = d(loss)/d(output)."""
         grads: list[Tensor] = []

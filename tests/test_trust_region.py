@@ -12,6 +12,7 @@ from rl_trust.updaters.trust_region import (
     cg_solve,
     conjugate_gradient,
     fisher_vector_product,
+    gaussian_fisher_vector_product,
     get_flat_params,
 )
 
@@ -85,6 +86,33 @@ def test_fisher_vector_product_matches_explicit_kl_hessian(space):
     v = torch.randn(flat.numel(), dtype=torch.float64)
     fvp = fisher_vector_product(lambda: actor.dist.kl(old, actor(obs)).mean(), params, v, damping=0.1)
     torch.testing.assert_close(fvp, H @ v + 0.1 * v, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
+def test_hand_written_gaussian_fvp_matches_the_explicit_kl_hessian(activation):
+    """gaussian_fisher_vector_product (forward- then reverse-mode by hand) against the KL's Hessian."""
+    torch.manual_seed(0)
+    actor = Actor(3, gym.spaces.Box(-1, 1, (2,)), [6, 5], activation, log_std_init=-0.5).double()
+    with torch.no_grad():
+        for p in actor.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    obs = torch.randn(16, 3, dtype=torch.float64)
+    params = list(actor.parameters())
+    with torch.no_grad():
+        old = tuple(t.clone() for t in actor(obs))
+    shapes, sizes = [p.shape for p in params], [p.numel() for p in params]
+    names = [n for n, _ in actor.named_parameters()]
+
+    def kl_of_flat(flat):
+        tensors = [t.view(s) for t, s in zip(flat.split(sizes), shapes, strict=True)]
+        new = torch.func.functional_call(actor, dict(zip(names, tensors, strict=True)), (obs,))
+        return actor.dist.kl(old, new).mean()
+
+    H = hessian(kl_of_flat, get_flat_params(params))
+    fvp = gaussian_fisher_vector_product(actor, obs, params, damping=0.1)
+    for seed in range(3):
+        v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(fvp(v), H @ v + 0.1 * v, rtol=1e-9, atol=1e-11)
 
 
 def make_batch(actor, seed=0, T=64, N=4):

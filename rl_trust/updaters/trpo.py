@@ -14,6 +14,7 @@ from rl_trust.updaters.trust_region import (
     backtracking_line_search,
     cg_solve,
     flat_grad,
+    gaussian_fisher_vector_product,
     get_flat_params,
     make_fisher_vector_product,
 )
@@ -66,8 +67,11 @@ class TRPO:
         if self.fvp_subsample < 1.0:
             n = len(data.obs)
             sub = data[torch.randperm(n)[: max(1, int(n * self.fvp_subsample))]]
-        kl_fn = lambda: dist.kl(sub.old_params, self.actor(sub.obs)).mean()
-        fvp = make_fisher_vector_product(kl_fn, self.params, damping=self.cg_damping)
+        if self.actor.continuous and self.actor._mlp_grad is not None:  # the same products, written out
+            fvp = gaussian_fisher_vector_product(self.actor, sub.obs, self.params, damping=self.cg_damping)
+        else:
+            kl_fn = lambda: dist.kl(sub.old_params, self.actor(sub.obs)).mean()
+            fvp = make_fisher_vector_product(kl_fn, self.params, damping=self.cg_damping)
         cg = cg_solve(fvp, grad, iters=self.cg_iters)
         shs = float(cg.x.dot(fvp(cg.x)))  # xᵀ F x
         metrics |= {"trust_region/cg_residual": cg.residual, "trust_region/cg_iterations": float(cg.iterations)}

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from rl_trust.policies import Actor
+
 
 @dataclass(frozen=True)
 class CGResult:
@@ -85,6 +87,50 @@ def make_fisher_vector_product(kl_fn: Callable[[], Tensor], params: Sequence[Ten
     def matvec(vector: Tensor) -> Tensor:
         hv = flat_grad(grad.dot(vector), params, retain_graph=True)
         return hv + damping * vector
+
+    return matvec
+
+
+def gaussian_fisher_vector_product(actor: Actor, obs: Tensor, params: Sequence[Tensor], *,
+                                   damping: float) -> Callable[[Tensor], Tensor]:
+    """The same ``matvec`` as :func:`make_fisher_vector_product` on the mean KL(π_old ‖ π_θ) at θ = θ_old,
+    for a diagonal Gaussian policy with a state-independent log-std on a plain MLP, written out:
+
+        F v = (1/N) Σ_i J_iᵀ diag(σ⁻²) J_i v_net  ⊕  2 v_log_std
+
+    (J_i: the Jacobian of the mean at observation i; the Hessian of the KL at θ_old, where its
+    mean/log-std cross terms vanish). One forward-mode and one reverse-mode pass through the network
+    per product (:class:`~rl_trust.mlp_grad.MLPGrad`), no double backward. ``params``: the flat
+    vector's layout, the actor's parameters in the updater's order.
+    """
+    manual = actor._mlp_grad
+    with torch.no_grad():
+        _, inputs = manual.forward(obs)
+        scale = torch.exp(-2.0 * actor.log_std.detach()) / len(obs)  # σ⁻² / N
+    net_index = {id(p): i for i, p in enumerate(manual.params)}
+    layout = []  # per parameter of ``params``: (index into manual.params or -1 for log-std, offset, shape)
+    offset = 0
+    for p in params:
+        if p is actor.log_std:
+            layout.append((-1, offset, p.shape))
+        elif id(p) in net_index:
+            layout.append((net_index[id(p)], offset, p.shape))
+        else:
+            raise ValueError("gaussian_fisher_vector_product: a parameter is neither the log-std nor in the network")
+        offset += p.numel()
+
+    @torch.no_grad()
+    def matvec(vector: Tensor) -> Tensor:
+        tangents: list[Tensor] = [None] * len(manual.params)  # type: ignore[list-item]
+        for index, start, shape in layout:
+            if index >= 0:
+                tangents[index] = vector[start:start + shape.numel()].view(shape)
+        grads = manual.gradients(inputs, manual.jvp(inputs, tangents) * scale)
+        out = torch.empty_like(vector)
+        for index, start, shape in layout:
+            n = shape.numel()
+            out[start:start + n] = grads[index].reshape(-1) if index >= 0 else 2.0 * vector[start:start + n]
+        return out.add_(vector, alpha=damping)
 
     return matvec
 
