@@ -62,7 +62,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, float]:
     # Overlapping the critic with the next rollout: the workers step every env, the learner runs
     # critic steps while it waits for them.
     learner_envs = 0 if cfg.rollout.overlap_critic else None
-    envs = make_envs(cfg.env.id, cfg.env.num_envs, workers, cfg.seed, dict(cfg.env.kwargs), learner_envs)
+    envs = make_envs(cfg.env.id, cfg.env.num_envs, workers, dict(cfg.env.kwargs), learner_envs)
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(envs.close)  # also on error: worker processes end with the run
         return _train(cfg, out_dir, envs, make_optimizer, device)

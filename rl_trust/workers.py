@@ -1,16 +1,17 @@
 """Environment stepping in-process or across worker processes, behind one small interface.
 
 ``ParallelEnvs`` splits ``num_envs`` environments into ``workers + 1`` slices: the learner steps
-the first slice itself while each worker process steps one of the others (or, with
-``learner_envs=0``, the workers step them all and the learner spends the wait on background work,
-such as the critic's update of the previous batch: see ``step(idle=...)``) (many envs per process,
-not one process per env: on MuJoCo an inter-process message costs more than a simulator step).
+the first slice itself while each worker process steps one of the others, many envs per process
+(not one process per env: on MuJoCo an inter-process message costs more than a simulator step).
+With ``learner_envs=0`` the workers step every env and the learner spends the wait on background
+work, such as the critic's update of the previous batch (``step_wait(idle=...)``); a step can be
+split into ``step_async`` (actions out) and ``step_wait`` so the learner works meanwhile.
 Actions, observations, rewards and flags travel through one shared-memory block, and so does the
 per-step signal: the learner bumps a shared step counter, each worker copies it to its own slot
 when its slice has stepped, both sides polling with ``sched_yield`` (a pipe round trip costs a
 scheduler wake-up, about as long as stepping a slice of MuJoCo envs). A worker idle for more
 than 2 ms (while the learner updates) backs off to sleeping on its pipe, which carries resets,
-errors and shutdown. Env ``i`` is seeded ``seed + i`` in
+errors and shutdown. ``reset(seed)`` seeds env ``i`` with ``seed + i`` in
 either mode, so a run gives the same batches whatever ``rollout.workers`` is.
 """
 
@@ -52,7 +53,7 @@ def _step_arrays(num_envs: int, obs_space: gym.Space) -> tuple[np.ndarray, ...]:
 class InProcessEnvs:
     """An :class:`~rl_trust.envs.EnvGroup` (SAME_STEP autoreset) behind the :class:`StepResult` interface."""
 
-    def __init__(self, env_id: str, num_envs: int, seed: int | None, env_kwargs: dict | None = None):
+    def __init__(self, env_id: str, num_envs: int, env_kwargs: dict | None = None):
         self.envs = EnvGroup(env_id, num_envs, **(env_kwargs or {}))
         self.num_envs = num_envs
         self.single_observation_space = self.envs.single_observation_space
@@ -148,7 +149,7 @@ def _worker(conn: Connection, buffer, ctrl_buffer, w: int, env_id: str, env_kwar
 class ParallelEnvs:
     """``num_envs`` envs over the learner plus ``workers`` processes (see the module docstring)."""
 
-    def __init__(self, env_id: str, num_envs: int, workers: int, seed: int | None, env_kwargs: dict | None = None,
+    def __init__(self, env_id: str, num_envs: int, workers: int, env_kwargs: dict | None = None,
                  learner_envs: int | None = None):
         if not 1 <= workers < num_envs:
             raise ConfigError(f"rollout.workers={workers} is invalid: must lie in [1, env.num_envs - 1 = "
@@ -305,9 +306,9 @@ def resolve_workers(workers: int | str, num_envs: int) -> int:
     return workers
 
 
-def make_envs(env_id: str, num_envs: int, workers: int, seed: int | None,
-              env_kwargs: dict | None = None, learner_envs: int | None = None) -> InProcessEnvs | ParallelEnvs:
+def make_envs(env_id: str, num_envs: int, workers: int, env_kwargs: dict | None = None,
+              learner_envs: int | None = None) -> InProcessEnvs | ParallelEnvs:
     """In-process envs (``workers=0``) or :class:`ParallelEnvs` (``learner_envs``: see there)."""
     if workers == 0:
-        return InProcessEnvs(env_id, num_envs, seed, env_kwargs)
-    return ParallelEnvs(env_id, num_envs, workers, seed, env_kwargs, learner_envs)
+        return InProcessEnvs(env_id, num_envs, env_kwargs)
+    return ParallelEnvs(env_id, num_envs, workers, env_kwargs, learner_envs)

@@ -55,7 +55,7 @@ def child(spec: dict) -> dict:
         from rl_trust.rollout import RolloutWorker
         from rl_trust.workers import make_envs
 
-        envs = make_envs(env_id, n, spec["workers"], 0)
+        envs = make_envs(env_id, n, spec["workers"])
         actor = Actor(envs.single_observation_space.shape[0], envs.single_action_space, [64, 64], "tanh")
         worker = RolloutWorker(envs, actor, ObsNormalizer(envs.single_observation_space.shape),
                                RewardScaler(n, 0.99), t, seed=0)

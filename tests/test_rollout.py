@@ -39,7 +39,7 @@ gym.register("rl_trust_test/Counter-v0", entry_point=CounterEnv, max_episode_ste
 
 def test_no_fake_transition_across_resets_and_final_obs_kept():
     torch.manual_seed(0)
-    envs = InProcessEnvs("rl_trust_test/Counter-v0", 3, seed=0)
+    envs = InProcessEnvs("rl_trust_test/Counter-v0", 3)
     actor = Actor(2, envs.single_action_space, [8], "tanh")
     worker = RolloutWorker(envs, actor, ObsNormalizer((2,), enabled=False), RewardScaler(3, 0.99, enabled=False),
                            steps_per_env=40, seed=0)
@@ -65,7 +65,7 @@ def test_no_fake_transition_across_resets_and_final_obs_kept():
 
 def test_box_actions_stored_unclipped():
     torch.manual_seed(0)
-    envs = InProcessEnvs("Pendulum-v1", 2, seed=0)
+    envs = InProcessEnvs("Pendulum-v1", 2)
     actor = Actor(3, envs.single_action_space, [8], "tanh", log_std_init=2.0)  # std e^2 > the bound of 2
     worker = RolloutWorker(envs, actor, ObsNormalizer((3,)), RewardScaler(2, 0.99), steps_per_env=50, seed=0)
     batch, _ = worker.collect()
@@ -102,8 +102,8 @@ def _collect(envs, seed=0):
 def test_worker_processes_give_the_same_batches_as_in_process():
     # HalfCheetah with a 30-step limit: episodes end inside the rollout, on every slice.
     kwargs = {"max_episode_steps": 30}
-    ref = _collect(InProcessEnvs("HalfCheetah-v5", 5, seed=3, env_kwargs=kwargs))
-    par = _collect(ParallelEnvs("HalfCheetah-v5", 5, workers=2, seed=3, env_kwargs=kwargs))
+    ref = _collect(InProcessEnvs("HalfCheetah-v5", 5, env_kwargs=kwargs), seed=3)
+    par = _collect(ParallelEnvs("HalfCheetah-v5", 5, workers=2, env_kwargs=kwargs), seed=3)
     assert ref[0].truncated.any()
     for a, b in zip(ref, par, strict=True):
         for name, x in a.flat().items():
@@ -111,7 +111,7 @@ def test_worker_processes_give_the_same_batches_as_in_process():
 
 
 def test_dead_worker_is_reported_and_close_leaves_no_process():
-    envs = ParallelEnvs("Pendulum-v1", 4, workers=2, seed=0)
+    envs = ParallelEnvs("Pendulum-v1", 4, workers=2)
     procs = list(envs.procs)
     envs.reset(seed=0)
     procs[1].kill()
@@ -124,7 +124,7 @@ def test_dead_worker_is_reported_and_close_leaves_no_process():
 
 def test_bad_worker_counts_are_named():
     with pytest.raises(ConfigError, match="rollout.workers=4"):
-        ParallelEnvs("Pendulum-v1", 4, workers=4, seed=0)
+        ParallelEnvs("Pendulum-v1", 4, workers=4)
 
 
 @pytest.mark.parametrize("env_id, kwargs", [("CartPole-v1", {}), ("rl_trust_test/Counter-v0", {}),
@@ -192,8 +192,7 @@ def test_pipelined_collect_equals_the_plain_loop(env_id, obs_dim):
     """collect() sends the next actions before recording a step; the batch is the plain loop's, bit for bit."""
     torch.manual_seed(0)
     kwargs = {"max_episode_steps": 25} if env_id == "Pendulum-v1" else {}
-    envs, ref_envs = InProcessEnvs(env_id, 3, seed=0, env_kwargs=kwargs), InProcessEnvs(env_id, 3, seed=0,
-                                                                                         env_kwargs=kwargs)
+    envs, ref_envs = (InProcessEnvs(env_id, 3, env_kwargs=kwargs) for _ in range(2))
     actor = Actor(obs_dim, envs.single_action_space, [8], "tanh")
     worker = RolloutWorker(envs, actor, ObsNormalizer((obs_dim,)), RewardScaler(3, 0.99), steps_per_env=60, seed=0)
     ref_norm, ref_scaler = ObsNormalizer((obs_dim,)), RewardScaler(3, 0.99)
