@@ -131,11 +131,11 @@ def _train(cfg: DictConfig, out_dir: Path, envs, make_optimizer, device: torch.d
         if pending is not None:
             finish_critic()
             pending = None
+        train_time = time.perf_counter() - start  # training only: not the envs' or workers' shutdown
     finally:
         logger.close()
         envs.close()
 
-    train_time = time.perf_counter() - start
     result = evaluate(actor, worker.obs_norm, cfg.env.id, cfg.eval_episodes, seed=cfg.seed + 10_000,
                       env_kwargs=dict(cfg.env.kwargs))
     result |= {
