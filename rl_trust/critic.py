@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -95,6 +97,8 @@ class Critic:
         # The value net's gradient written out by hand (rl_trust.mlp_grad) where it is a plain MLP and
         # the loss the plain squared error; autograd otherwise. Same gradients, a fraction of the time.
         self._manual = MLPGrad(net.net) if manual_grad and MLPGrad.supports(net.net) else None
+        self._grad_buffers: list[Tensor] | None = None  # the numpy path's .grad tensors (and their arrays)
+        self._grad_arrays: list[np.ndarray] = []
 
     def _to_device(self, obs: Tensor) -> Tensor:
         if self._cache is not None and self._cache[0] is obs:
@@ -124,19 +128,27 @@ class Critic:
         old_values = batch.values.reshape(-1).to(self.device)
         n = len(batch)
         mb = n if self.minibatch_size <= 0 else self.minibatch_size
+        # The hand-written gradient in numpy on the CPU (views of the same memory, no copies).
+        numpy_ok = (self._manual is not None and self.clip_range is None and self.device.type == "cpu"
+                    and not isinstance(self.optimizer, torch.optim.LBFGS)  # re-evaluates the closure
+                    and obs.dtype == returns.dtype and all(p.dtype == obs.dtype for p in self.net.parameters()))
+        np_data = (obs.numpy(), returns.numpy()) if numpy_ok else None
         losses = []
         for _ in range(self.epochs):
             for idx in minibatch_indices(n, mb, self.generator):
                 idx = idx.to(self.device)
 
                 def closure(idx: Tensor = idx) -> Tensor:
+                    if np_data is not None:  # overwrites the gradient buffers: no zeroing needed
+                        i = idx.numpy()
+                        return self._numpy_loss_and_grad(np_data[0][i], np_data[1][i])
                     self.optimizer.zero_grad(set_to_none=True)
                     if self._manual is not None and self.clip_range is None:
                         loss = self._manual_loss_and_grad(obs[idx], returns[idx])
                     else:
                         loss = self._loss(obs[idx], returns[idx], old_values[idx])
                         loss.backward()
-                    if self.max_grad_norm is not None:
+                    if self.max_grad_norm is not None:  # (the numpy path clips in numpy)
                         nn.utils.clip_grad_norm_(self.net.parameters(), self.max_grad_norm)
                     return loss
 
@@ -158,6 +170,30 @@ class Critic:
                 if key in group:
                     metrics[f"optim/{key}{suffix}"] = float(group[key])
         self.last_metrics = metrics
+
+    def _numpy_loss_and_grad(self, obs: np.ndarray, returns: np.ndarray) -> Tensor:
+        """:meth:`_manual_loss_and_grad` in numpy (``MLPGrad.numpy_loss_grad``), the gradients written
+        into buffers that stay the parameters' ``.grad`` (replacing, not accumulating), then
+        ``max_grad_norm`` clipping as ``clip_grad_norm_`` does it."""
+        params = self._manual.params
+        if self._grad_buffers is None or any(p.grad is not (g if p.requires_grad else None)
+                                             for p, g in zip(params, self._grad_buffers, strict=True)):
+            self._grad_buffers = [torch.zeros_like(p) for p in params]
+            for p, g in zip(params, self._grad_buffers, strict=True):
+                p.grad = g if p.requires_grad else None
+            self._grad_arrays = [g.numpy() for g in self._grad_buffers]
+        arrays = self._grad_arrays
+        loss = self._manual.numpy_loss_grad(obs, returns, arrays)
+        for p, a in zip(params, arrays, strict=True):
+            if not p.requires_grad:
+                a[...] = 0.0
+        if self.max_grad_norm is not None:
+            total = math.sqrt(sum(float(np.vdot(a, a)) for a in arrays))
+            coef = min(self.max_grad_norm / (total + 1e-6), 1.0)
+            if coef < 1.0:
+                for a in arrays:
+                    a *= np.asarray(coef, a.dtype)
+        return torch.tensor(loss)
 
     def _manual_loss_and_grad(self, obs: Tensor, returns: Tensor) -> Tensor:
         """½ mean (V − R)², its gradient accumulated into the value net's ``.grad`` by hand."""

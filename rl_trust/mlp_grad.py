@@ -7,10 +7,15 @@ layers and elementwise activations the gradient is a handful of matrix products,
 no autograd graph; ``tanh`` is computed as ``2 sigmoid(2x) - 1``. The parameters stay those of the
 module: :meth:`MLPGrad.backward` accumulates into their ``.grad`` like ``loss.backward()``.
 ``tests/test_mlp_grad.py`` checks outputs and gradients against autograd.
+
+:meth:`MLPGrad.numpy_loss_grad` is the same computation in numpy on views of the parameters, for
+the critic's minibatch steps on the CPU: for a 128-sample minibatch numpy's per-call overhead is a
+fraction of torch's, and its ``tanh`` is as fast as a ``sigmoid``.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -54,6 +59,54 @@ class MLPGrad:
                     h = torch.where(h > 0, h, torch.expm1(h))
                 inputs.append(h)
         return h.reshape(*lead, h.shape[-1]), inputs
+
+    def numpy_views(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(weight, bias) of each layer as numpy views of the parameters (CPU), cached while the
+        parameters keep their storage (optimizers and ``load_state_dict`` write in place)."""
+        ptrs = [p.data_ptr() for p in self.params]
+        if getattr(self, "_views_ptrs", None) != ptrs:
+            self._views = [(lin.weight.detach().numpy(), lin.bias.detach().numpy()) for lin in self.linears]
+            self._views_ptrs = ptrs
+        return self._views
+
+    def numpy_loss_grad(self, x: np.ndarray, target: np.ndarray, grads: list[np.ndarray]) -> float:
+        """½ mean over samples of the squared error ‖net(x) − target‖², its gradient with respect to
+        each entry of :attr:`params` written into ``grads`` (arrays of their shapes), in numpy (CPU
+        parameters only). ``x``: [B, in_features], ``target``: [B] or [B, out_features]."""
+        weights = self.numpy_views()
+        h = x
+        inputs = [h]
+        for i, (w, b) in enumerate(weights):
+            h = h @ w.T
+            h += b
+            if i < len(self.acts):
+                act = self.acts[i]
+                if act is nn.Tanh:
+                    np.tanh(h, out=h)
+                elif act is nn.ReLU:
+                    np.maximum(h, 0, out=h)
+                else:  # ELU(alpha=1)
+                    np.copyto(h, np.expm1(h), where=h <= 0)
+                inputs.append(h)
+        diff = h - target.reshape(h.shape)
+        loss = 0.5 * float(np.vdot(diff, diff)) / len(diff)
+        g = diff
+        g *= 1.0 / len(diff)
+        for i in range(len(weights) - 1, -1, -1):
+            h_in = inputs[i]
+            np.sum(g, 0, out=grads[2 * i + 1])
+            np.matmul(g.T, h_in, out=grads[2 * i])
+            if i == 0:
+                break
+            g = g @ weights[i][0]
+            act, h = self.acts[i - 1], h_in  # h_in is that activation's output
+            if act is nn.Tanh:
+                g *= 1.0 - h * h
+            elif act is nn.ReLU:
+                g *= h > 0
+            else:
+                g *= np.where(h > 0, 1.0, h + 1.0).astype(g.dtype, copy=False)
+        return loss
 
     @property
     def params(self) -> list[nn.Parameter]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from rl_trust import _stats_kernel as kernel
+
 
 class RunningMeanStd:
     """Mean and variance of a stream of batches (parallel algorithm of Chan et al., 1979)."""
@@ -19,14 +21,16 @@ class RunningMeanStd:
         self.count = epsilon
 
     def update(self, x: np.ndarray) -> None:
-        x = np.asarray(x, np.float64)
-        batch_mean, batch_var, n = x.mean(axis=0), x.var(axis=0), x.shape[0]
-        delta = batch_mean - self.mean
-        total = self.count + n
-        self.mean = self.mean + delta * n / total
-        m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
-        self.var = m2 / total
-        self.count = total
+        """Merge the batch ``x`` [n, *shape]; ``mean`` and ``var`` change in place."""
+        x = np.asarray(x)
+        if x.dtype not in (np.float32, np.float64):
+            x = x.astype(np.float64)
+        for name in ("mean", "var"):  # updated in place: own float64 storage
+            a = getattr(self, name)
+            if a.dtype != np.float64 or not a.flags.c_contiguous or not a.flags.writeable:
+                setattr(self, name, np.array(a, np.float64))
+        self.count = kernel.rms_update(self.mean.reshape(-1), self.var.reshape(-1), float(self.count),
+                                       x.reshape(len(x), -1))
 
     def state_dict(self) -> dict:
         return {"mean": self.mean.copy(), "var": self.var.copy(), "count": float(self.count)}
@@ -52,11 +56,22 @@ class ObsNormalizer:
         if self.enabled and not self.frozen:
             self.rms.update(obs)
 
-    def normalize(self, obs: np.ndarray) -> np.ndarray:
+    def normalize(self, obs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The normalised ``obs`` as float32, written into ``out`` when given."""
         if not self.enabled:
-            return np.asarray(obs, np.float32)
-        out = (obs - self.rms.mean) / np.sqrt(self.rms.var + self.eps)
-        return np.clip(out, -self.clip, self.clip).astype(np.float32)
+            if out is None:
+                return np.asarray(obs, np.float32)
+            out[...] = obs
+            return out
+        obs = np.asarray(obs)
+        if obs.dtype not in (np.float32, np.float64):
+            obs = obs.astype(np.float64)
+        if out is None:
+            out = np.empty(obs.shape, np.float32)
+        n = len(obs) if obs.ndim > 1 else 1
+        kernel.normalize(obs.reshape(n, -1), self.rms.mean.reshape(-1), self.rms.var.reshape(-1),
+                         float(self.eps), float(self.clip), out.reshape(n, -1))
+        return out
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         """Update with ``obs`` (unless frozen) and return it normalised."""
@@ -84,15 +99,19 @@ class RewardScaler:
         self.gamma, self.enabled, self.clip, self.eps = gamma, enabled, clip, eps
         self.frozen = False
 
-    def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
+    def __call__(self, rewards: np.ndarray, dones: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The scaled ``rewards`` (float32, into ``out`` when given); the return statistics take this
+        step in unless frozen, and the return accumulator restarts where ``dones``."""
+        if out is None:
+            out = np.empty(len(self.ret), np.float32)
         if not self.enabled:
-            return np.asarray(rewards, np.float32)
-        if not self.frozen:
-            self.ret = self.ret * self.gamma + rewards
-            self.rms.update(self.ret)
-            self.ret[dones] = 0.0
-        scaled = rewards / np.sqrt(self.rms.var + self.eps)
-        return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
+            out[...] = rewards
+            return out
+        rms = self.rms
+        rms.count = kernel.scale_rewards(np.asarray(rewards, np.float64), np.asarray(dones, np.bool_), self.ret,
+                                         float(self.gamma), rms.mean.reshape(-1), rms.var.reshape(-1),
+                                         float(rms.count), not self.frozen, float(self.eps), float(self.clip), out)
+        return out
 
     def state_dict(self) -> dict:
         return {"rms": self.rms.state_dict(), "ret": self.ret.copy(), "enabled": self.enabled}

@@ -72,13 +72,15 @@ class RolloutWorker:
         # step t is recorded while the envs take step t+1 (in worker processes that overlaps; in
         # process it is the same work in the same order). Same values as recording first.
         obs, (action, log_prob) = self.obs, policy.sample(self.obs, self.rng)
+        self._obs[0] = obs
         self.envs.step_async(self._env_action(action))
         for t in range(self.T):
             res = self.envs.step_wait(idle)
             raw, final, reward = res.obs, res.final_obs, res.rewards
             terminated, truncated = res.terminated, res.truncated
             self.obs_norm.update(raw)
-            next_obs = self.obs_norm.normalize(raw)  # what the policy acts on next
+            # What the policy acts on next, written straight into the next row of the batch.
+            next_obs = self.obs_norm.normalize(raw, out=self._obs[t + 1] if t + 1 < self.T else None)
             if t + 1 < self.T:
                 next_action, next_log_prob = policy.sample(next_obs, self.rng)
                 self.envs.step_async(self._env_action(next_action))
@@ -86,10 +88,9 @@ class RolloutWorker:
             done = terminated | truncated
             self.ep_return += reward
             self.ep_length += 1
-            self._obs[t] = obs
             self._actions[t] = action
             self._log_probs[t] = log_prob
-            self._rewards[t] = self.reward_scaler(reward, done)
+            self.reward_scaler(reward, done, out=self._rewards[t])
             self._terminated[t] = terminated
             self._truncated[t] = truncated
             if done.any():
@@ -97,7 +98,7 @@ class RolloutWorker:
                 stats.lengths.extend(self.ep_length[done].tolist())
                 self.ep_return[done] = 0.0
                 self.ep_length[done] = 0
-                self._next_obs[t] = self.obs_norm.normalize(final)
+                self.obs_norm.normalize(final, out=self._next_obs[t])
             else:  # final is raw where no episode ended
                 self._next_obs[t] = next_obs
             obs = next_obs

@@ -53,3 +53,63 @@ def test_reward_scaler_divides_by_std_of_discounted_return_and_resets_on_done():
     out = scaler(np.array([2.0]), np.array([False]))
     rms.update(np.array([2.0]))
     assert out[0] == pytest.approx(2.0 / np.sqrt(rms.var + 1e-8), rel=1e-6)
+
+
+def _numpy_rms_update(mean, var, count, x):
+    """The plain numpy formulas (Chan et al.), the reference for the compiled update."""
+    batch_mean, batch_var, n = x.mean(axis=0), x.var(axis=0), x.shape[0]
+    delta = batch_mean - mean
+    total = count + n
+    m2 = var * count + batch_var * n + delta**2 * count * n / total
+    return mean + delta * n / total, m2 / total, total
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_compiled_statistics_and_normalisation_match_numpy(dtype):
+    rng = np.random.default_rng(2)
+    norm = ObsNormalizer((5,), clip=3.0)
+    mean, var, count = np.zeros(5), np.ones(5), 1e-4
+    for step in range(40):
+        x = (rng.normal(4.0, 2.5, size=(7, 5)) * (1 + 10 * (step == 20))).astype(dtype)
+        norm.update(x)
+        mean, var, count = _numpy_rms_update(mean, var, count, x.astype(np.float64))
+        np.testing.assert_allclose(norm.rms.mean, mean, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(norm.rms.var, var, rtol=1e-12)
+        assert norm.rms.count == count
+        expected = np.clip((x - norm.rms.mean) / np.sqrt(norm.rms.var + 1e-8), -3.0, 3.0).astype(np.float32)
+        np.testing.assert_array_equal(norm.normalize(x), expected)  # given the statistics: exact
+        out = np.full((7, 5), np.nan, np.float32)
+        assert norm.normalize(x, out=out) is out
+        np.testing.assert_array_equal(out, expected)
+    nan_row = np.array([[np.nan, 0, 0, 0, 0]])
+    assert np.isnan(norm.normalize(nan_row)[0, 0])  # passes through as np.clip lets it
+
+
+def test_compiled_reward_scaling_matches_numpy_with_resets_and_freezing():
+    rng = np.random.default_rng(3)
+    scaler = RewardScaler(4, gamma=0.9, clip=2.0)
+    ret, mean, var, count = np.zeros(4), np.zeros(()), np.ones(()), 1e-4
+    for step in range(60):
+        rewards = rng.normal(1.0, 3.0, size=4)
+        dones = rng.random(4) < 0.1
+        frozen = step >= 50
+        scaler.frozen = frozen
+        out = scaler(rewards, dones)
+        if not frozen:
+            ret = ret * 0.9 + rewards
+            mean, var, count = _numpy_rms_update(mean, var, count, ret)
+            ret[dones] = 0.0
+        np.testing.assert_allclose(scaler.ret, ret, rtol=1e-12)
+        np.testing.assert_allclose(scaler.rms.var, var, rtol=1e-12)
+        expected = np.clip(rewards / np.sqrt(scaler.rms.var + 1e-8), -2.0, 2.0).astype(np.float32)
+        np.testing.assert_array_equal(out, expected)
+    assert scaler.rms.count == count
+
+
+def test_statistics_set_from_outside_are_copied_not_aliased():
+    rms = RunningMeanStd((3,))
+    external = np.zeros(6)[::2]  # a strided view: updated in place it would be the caller's array
+    rms.mean = external
+    rms.update(np.ones((2, 3)))
+    np.testing.assert_array_equal(external, 0.0)
+    assert rms.mean[0] > 0.99

@@ -119,13 +119,16 @@ class Arturo(Optimizer):
             # 1.0 where the intercept has been set from a first gradient (float: load_state_dict casts state).
             head["initialized"] = torch.zeros(n, dtype=p0.dtype, device=p0.device)
         offset = 0
+        row = buf.stride(0) * buf.element_size()
+        base = buf.data_ptr() + PRECISION * row
         for p in all_params:
             st = self.state[p]
             n = p.numel()
-            view = buf[PRECISION, offset:offset + n]
-            # After load_state_dict the views may be copies: point them back into the buffer.
-            if "precision" not in st or st["precision"].data_ptr() != view.data_ptr():
-                st["precision"] = view.view_as(p)
+            # After load_state_dict the views may be copies: point them back into the buffer (the
+            # check is pointer arithmetic: slicing out the views on every step costs more than the step).
+            ptr = base + offset * buf.element_size()
+            if "precision" not in st or st["precision"].data_ptr() != ptr:
+                st["precision"] = buf[PRECISION, offset:offset + n].view_as(p)
                 st["curvature"] = buf[CURVATURE, offset:offset + n].view_as(p)
             offset += n
         return buf
@@ -240,8 +243,16 @@ class Arturo(Optimizer):
                 offset += p.numel()
             entry = cache[id(group)] = (buf, ws, rows, w[0], w[1])
         _, _, rows, u, beta = entry
-        segments = [(p.detach().numpy().reshape(-1), p.grad.detach().numpy().reshape(-1)) + r
-                    for p, r in zip(group["params"], rows, strict=True)]
+        # Numpy views of the parameters and gradients, reused while their storage is the same (a
+        # critic that keeps its gradient buffers hands the same ones every step).
+        ptrs = [(p.data_ptr(), p.grad.data_ptr()) for p in group["params"]]
+        seg_cache = self.__dict__.setdefault("_kernel_segments", {})
+        cached = seg_cache.get(id(group))
+        if cached is None or cached[0] != ptrs or cached[1] is not rows:
+            segments = [(p.detach().numpy().reshape(-1), p.grad.detach().numpy().reshape(-1)) + r
+                        for p, r in zip(group["params"], rows, strict=True)]
+            seg_cache[id(group)] = cached = (ptrs, rows, segments)
+        segments = cached[2]
         eps, wd = group["lr"], group["weight_decay"]
         reg, nu = group["reg_weight"], group["nu"]
         eta, raw_kl = _load_kernel().step(segments, u, beta, eps, 1.0 - eps * wd, group["dynamic_model_noise"],
