@@ -41,6 +41,10 @@ class RolloutConfig:
     # With workers >= 1: the workers step every env and the learner runs the critic's update of the
     # previous batch while it waits for them (same results, see rl_trust/train.py). No effect with 0.
     overlap_critic: bool = True
+    # The envs step in this many groups, in turn (auto: 2, or 1 with a single env). With workers the
+    # learner handles one group's results while the workers step another (double buffering). Batches
+    # depend on it (observation statistics are updated per group), not on the worker count.
+    env_groups: Any = "auto"
 
 
 @dataclass
@@ -180,6 +184,10 @@ def validate(cfg: DictConfig) -> None:
     if workers != "auto":
         _require(isinstance(workers, int) and not isinstance(workers, bool) and 0 <= workers < cfg.env.num_envs,
                  "rollout.workers", workers, f"'auto' or a count in [0, env.num_envs - 1 = {cfg.env.num_envs - 1}]")
+    groups = cfg.rollout.env_groups
+    if groups != "auto":
+        _require(isinstance(groups, int) and not isinstance(groups, bool) and 1 <= groups <= cfg.env.num_envs,
+                 "rollout.env_groups", groups, f"'auto' or a count in [1, env.num_envs = {cfg.env.num_envs}]")
     for key in ("gamma", "gae_lambda"):
         in_range(cfg, key, 0.0, 1.0, closed=True)
     for net in ("policy", "critic"):

@@ -87,15 +87,16 @@ class EnvGroup:
         return np.stack([env.reset(seed=None if seed is None else seed + i)[0] for i, env in enumerate(self.envs)])
 
     def step(self, actions: np.ndarray, obs: np.ndarray, final_obs: np.ndarray, rewards: np.ndarray,
-             terminated: np.ndarray, truncated: np.ndarray) -> None:
-        """Step env ``i`` with ``actions[i]``, writing row ``i`` of each output array."""
-        for i, env in enumerate(self.envs):
-            o, rewards[i], term, trunc, _ = env.step(actions[i])
-            terminated[i], truncated[i] = term, trunc
-            final_obs[i] = o
+             terminated: np.ndarray, truncated: np.ndarray, start: int = 0, stop: int | None = None) -> None:
+        """Step envs ``start:stop`` (default all), env ``start + j`` with ``actions[j]``, writing row
+        ``j`` of each output array."""
+        for j, env in enumerate(self.envs[start:stop]):
+            o, rewards[j], term, trunc, _ = env.step(actions[j])
+            terminated[j], truncated[j] = term, trunc
+            final_obs[j] = o
             if term or trunc:
                 o, _ = env.reset()
-            obs[i] = o
+            obs[j] = o
 
     def close(self) -> None:
         for env in self.envs:

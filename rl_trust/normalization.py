@@ -99,16 +99,19 @@ class RewardScaler:
         self.gamma, self.enabled, self.clip, self.eps = gamma, enabled, clip, eps
         self.frozen = False
 
-    def __call__(self, rewards: np.ndarray, dones: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """The scaled ``rewards`` (float32, into ``out`` when given); the return statistics take this
-        step in unless frozen, and the return accumulator restarts where ``dones``."""
+    def __call__(self, rewards: np.ndarray, dones: np.ndarray, out: np.ndarray | None = None,
+                 envs: slice = slice(None)) -> np.ndarray:
+        """The scaled ``rewards`` (float32, into ``out`` when given) of envs ``envs`` (all by default);
+        the return statistics take this step in unless frozen, and the return accumulator restarts
+        where ``dones``."""
+        ret = self.ret[envs]
         if out is None:
-            out = np.empty(len(self.ret), np.float32)
+            out = np.empty(len(ret), np.float32)
         if not self.enabled:
             out[...] = rewards
             return out
         rms = self.rms
-        rms.count = kernel.scale_rewards(np.asarray(rewards, np.float64), np.asarray(dones, np.bool_), self.ret,
+        rms.count = kernel.scale_rewards(np.asarray(rewards, np.float64), np.asarray(dones, np.bool_), ret,
                                          float(self.gamma), rms.mean.reshape(-1), rms.var.reshape(-1),
                                          float(rms.count), not self.frozen, float(self.eps), float(self.clip), out)
         return out

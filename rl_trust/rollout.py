@@ -51,6 +51,7 @@ class RolloutWorker:
         self._rewards = np.zeros((T, N), np.float32)
         self._terminated = np.zeros((T, N), bool)
         self._truncated = np.zeros((T, N), bool)
+        self.groups = [slice(lo, hi) for lo, hi in envs.groups]  # stepped in turn (rl_trust.workers)
         self.obs = obs_norm(envs.reset(seed=seed))
         self.ep_return = np.zeros(N, np.float64)
         self.ep_length = np.zeros(N, np.int64)
@@ -68,43 +69,40 @@ class RolloutWorker:
         if background is not None and isinstance(self.envs, ParallelEnvs):
             def idle() -> bool:
                 return next(background, _DONE) is not _DONE
-        # Pipelined: once step t's results are in, the next actions are computed and sent first and
-        # step t is recorded while the envs take step t+1 (in worker processes that overlaps; in
-        # process it is the same work in the same order). Same values as recording first.
-        obs, (action, log_prob) = self.obs, policy.sample(self.obs, self.rng)
-        self._obs[0] = obs
-        self.envs.step_async(self._env_action(action))
-        for t in range(self.T):
-            res = self.envs.step_wait(idle)
-            raw, final, reward = res.obs, res.final_obs, res.rewards
-            terminated, truncated = res.terminated, res.truncated
-            self.obs_norm.update(raw)
-            # What the policy acts on next, written straight into the next row of the batch.
-            next_obs = self.obs_norm.normalize(raw, out=self._obs[t + 1] if t + 1 < self.T else None)
-            if t + 1 < self.T:
-                next_action, next_log_prob = policy.sample(next_obs, self.rng)
-                self.envs.step_async(self._env_action(next_action))
+        # Pipelined and double-buffered: the env groups step in turn; once a group's step t is in,
+        # its next actions are chosen and sent first (the workers step them while the learner records
+        # step t and handles the other group), then step t is recorded. In process it is the same
+        # work in the same order, so the batch does not depend on the worker count.
+        T, groups, envs, norm = self.T, self.groups, self.envs, self.obs_norm
+        last_obs = np.empty_like(self.obs)
+        self._obs[0] = self.obs
+        for g, sl in enumerate(groups):
+            self._send(policy, 0, g, sl)
+        for t in range(T):
+            next_row = self._obs[t + 1] if t + 1 < T else last_obs
+            for g, sl in enumerate(groups):
+                res = envs.step_wait(idle, g)
+                norm.update(res.obs)
+                next_obs = norm.normalize(res.obs, out=next_row[sl])  # what the policy acts on next
+                if t + 1 < T:
+                    self._send(policy, t + 1, g, sl)
 
-            done = terminated | truncated
-            self.ep_return += reward
-            self.ep_length += 1
-            self._actions[t] = action
-            self._log_probs[t] = log_prob
-            self.reward_scaler(reward, done, out=self._rewards[t])
-            self._terminated[t] = terminated
-            self._truncated[t] = truncated
-            if done.any():
-                stats.returns.extend(self.ep_return[done].tolist())
-                stats.lengths.extend(self.ep_length[done].tolist())
-                self.ep_return[done] = 0.0
-                self.ep_length[done] = 0
-                self.obs_norm.normalize(final, out=self._next_obs[t])
-            else:  # final is raw where no episode ended
-                self._next_obs[t] = next_obs
-            obs = next_obs
-            if t + 1 < self.T:
-                action, log_prob = next_action, next_log_prob
-        self.obs = obs
+                done = res.terminated | res.truncated
+                self.ep_return[sl] += res.rewards
+                self.ep_length[sl] += 1
+                self.reward_scaler(res.rewards, done, out=self._rewards[t, sl], envs=sl)
+                self._terminated[t, sl] = res.terminated
+                self._truncated[t, sl] = res.truncated
+                if done.any():
+                    ep_return, ep_length = self.ep_return[sl], self.ep_length[sl]
+                    stats.returns.extend(ep_return[done].tolist())
+                    stats.lengths.extend(ep_length[done].tolist())
+                    ep_return[done] = 0.0
+                    ep_length[done] = 0
+                    norm.normalize(res.final_obs, out=self._next_obs[t, sl])
+                else:  # final_obs is obs where no episode ended
+                    self._next_obs[t, sl] = next_obs
+        self.obs = last_obs
 
         batch = RolloutBatch(
             obs=torch.tensor(self._obs),
@@ -116,6 +114,13 @@ class RolloutWorker:
             truncated=torch.tensor(self._truncated),
         )
         return batch, stats
+
+    def _send(self, policy, t: int, g: int, sl: slice) -> None:
+        """Sample actions for group ``g`` on ``self._obs[t, sl]``, record them as step t's, send them."""
+        action, log_prob = policy.sample(self._obs[t, sl], self.rng)
+        self._actions[t, sl] = action
+        self._log_probs[t, sl] = log_prob
+        self.envs.step_async(self._env_action(action), g)
 
     def _env_action(self, action: np.ndarray) -> np.ndarray:
         return np.clip(action, self.low, self.high) if self.continuous else action

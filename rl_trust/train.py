@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from threadpoolctl import threadpool_limits
 
 from rl_trust import checkpoint
 from rl_trust.advantages import gae
@@ -26,7 +27,7 @@ from rl_trust.normalization import ObsNormalizer, RewardScaler
 from rl_trust.policies import Actor, ValueNet
 from rl_trust.rollout import RolloutWorker
 from rl_trust.updaters import make_updater
-from rl_trust.workers import make_envs, resolve_workers
+from rl_trust.workers import make_envs, resolve_env_groups, resolve_workers
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,8 +63,12 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, float]:
     # Overlapping the critic with the next rollout: the workers step every env, the learner runs
     # critic steps while it waits for them.
     learner_envs = 0 if cfg.rollout.overlap_critic else None
-    envs = make_envs(cfg.env.id, cfg.env.num_envs, workers, dict(cfg.env.kwargs), learner_envs)
     with contextlib.ExitStack() as cleanup:
+        # numpy's BLAS (the rollout's policy, the critic's minibatch steps) takes the same thread count:
+        # left at its default (one thread per core) it spins up the cores the rollout workers step envs on.
+        cleanup.enter_context(threadpool_limits(limits=cfg.torch_threads, user_api="blas"))
+        groups = resolve_env_groups(cfg.rollout.env_groups, cfg.env.num_envs)
+        envs = make_envs(cfg.env.id, cfg.env.num_envs, workers, dict(cfg.env.kwargs), learner_envs, groups)
         cleanup.callback(envs.close)  # also on error: worker processes end with the run
         return _train(cfg, out_dir, envs, make_optimizer, device)
 

@@ -13,6 +13,12 @@ scheduler wake-up, about as long as stepping a slice of MuJoCo envs). A worker i
 than 2 ms (while the learner updates) backs off to sleeping on its pipe, which carries resets,
 errors and shutdown. ``reset(seed)`` seeds env ``i`` with ``seed + i`` in
 either mode, so a run gives the same batches whatever ``rollout.workers`` is.
+
+Envs are stepped in ``env_groups`` contiguous groups, each with its own ``step_async(actions, group)``
+/ ``step_wait(group)``: with two groups the workers step one while the learner reads the other's
+results and chooses its next actions (double buffering), so neither side waits for the other's
+per-step work. The rollout steps its groups in the same order in process, so batches do not depend
+on the worker count.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from multiprocessing.connection import Connection
 
 import gymnasium as gym
@@ -45,6 +51,14 @@ class StepResult:
     truncated: np.ndarray
 
 
+def group_bounds(num_envs: int, groups: int) -> list[tuple[int, int]]:
+    """``groups`` contiguous, near-equal env ranges ``(lo, hi)`` covering ``range(num_envs)``."""
+    if isinstance(groups, bool) or not isinstance(groups, int) or not 1 <= groups <= num_envs:
+        raise ConfigError(f"rollout.env_groups={groups!r} is invalid: a count in [1, env.num_envs = {num_envs}]")
+    edges = np.linspace(0, num_envs, groups + 1).round().astype(int)
+    return [(int(edges[g]), int(edges[g + 1])) for g in range(groups)]
+
+
 def _step_arrays(num_envs: int, obs_space: gym.Space) -> tuple[np.ndarray, ...]:
     """obs, final_obs, rewards, terminated, truncated for ``num_envs`` envs."""
     return (np.zeros((num_envs, *obs_space.shape), obs_space.dtype), np.zeros((num_envs, *obs_space.shape),
@@ -54,28 +68,42 @@ def _step_arrays(num_envs: int, obs_space: gym.Space) -> tuple[np.ndarray, ...]:
 class InProcessEnvs:
     """An :class:`~rl_trust.envs.EnvGroup` (SAME_STEP autoreset) behind the :class:`StepResult` interface."""
 
-    def __init__(self, env_id: str, num_envs: int, env_kwargs: dict | None = None):
+    def __init__(self, env_id: str, num_envs: int, env_kwargs: dict | None = None, groups: int = 1):
+        self.groups = group_bounds(num_envs, groups)
         self.envs = EnvGroup(env_id, num_envs, **(env_kwargs or {}))
         self.num_envs = num_envs
         self.single_observation_space = self.envs.single_observation_space
         self.single_action_space = self.envs.single_action_space
         self._out = _step_arrays(num_envs, self.single_observation_space)
-        self._pending: np.ndarray | None = None
+        self._pending: list[np.ndarray | None] = [None] * len(self.groups)
 
     def reset(self, seed: int | None) -> np.ndarray:
         return self.envs.reset(seed=seed)
 
     def step(self, actions: np.ndarray) -> StepResult:
+        """Step every env."""
         self.envs.step(actions, *self._out)
         return StepResult(*(a.copy() for a in self._out))
 
-    def step_async(self, actions: np.ndarray) -> None:
-        """Hand over the actions; :meth:`step_wait` steps (in process there is nothing to overlap)."""
-        self._pending = actions
+    def step_async(self, actions: np.ndarray, group: int | None = None) -> None:
+        """Hand over the actions of ``group`` (every env if None); :meth:`step_wait` steps (in process
+        there is nothing to overlap)."""
+        if group is None:
+            for g, (lo, hi) in enumerate(self.groups):
+                self._pending[g] = actions[lo:hi]
+        else:
+            self._pending[group] = actions
 
-    def step_wait(self, idle: Callable[[], bool] | None = None) -> StepResult:
-        actions, self._pending = self._pending, None
-        return self.step(actions)
+    def step_wait(self, idle: Callable[[], bool] | None = None, group: int | None = None) -> StepResult:
+        """The results of ``group``'s step (every group's if None)."""
+        if group is None:
+            parts = [self.step_wait(group=g) for g in range(len(self.groups))]
+            return StepResult(*(np.concatenate(a) for a in zip(*(astuple(p) for p in parts), strict=True)))
+        (lo, hi), actions = self.groups[group], self._pending[group]
+        self._pending[group] = None
+        out = tuple(a[lo:hi] for a in self._out)
+        self.envs.step(actions, *out, start=lo, stop=hi)
+        return StepResult(*(a.copy() for a in out))
 
     def close(self) -> None:
         self.envs.close()
@@ -106,21 +134,35 @@ class _Shared:
 
 
 def _worker(conn: Connection, buffer, ctrl_buffer, w: int, env_id: str, env_kwargs: dict, num_envs: int,
-            lo: int, hi: int) -> None:
-    """A worker process: steps envs ``lo:hi`` of the shared arrays each time the step counter moves."""
+            lo: int, hi: int, groups: list[tuple[int, int]]) -> None:
+    """A worker process: steps its envs ``lo:hi`` of a group each time that group's request counter moves."""
     try:
         envs = EnvGroup(env_id, hi - lo, **env_kwargs)
         sh = _Shared(buffer, num_envs, envs.single_observation_space, envs.single_action_space)
-        out = (sh.obs[lo:hi], sh.final_obs[lo:hi], sh.rewards[lo:hi], sh.terminated[lo:hi], sh.truncated[lo:hi])
         ctrl = np.frombuffer(ctrl_buffer, np.int64)
+        num_groups = len(groups)
+        requests, acks = ctrl[:num_groups], ctrl[num_groups:].reshape(-1, num_groups)[w]
+        # Per group, this worker's part of it: (start, stop) in its own envs and the rows it writes.
+        parts = []
+        for g_lo, g_hi in groups:
+            a, b = max(g_lo, lo), min(g_hi, hi)
+            parts.append(None if a >= b else (a - lo, b - lo, sh.actions[a:b],
+                                              (sh.obs[a:b], sh.final_obs[a:b], sh.rewards[a:b],
+                                               sh.terminated[a:b], sh.truncated[a:b])))
         conn.send_bytes(b"ok")
-        done = int(ctrl[0])
+        done = [int(r) for r in requests]
         idle_since = time.perf_counter()
         while True:
-            if ctrl[0] != done:  # a step: the learner wrote the actions, then bumped the counter
-                done = int(ctrl[0])
-                envs.step(sh.actions[lo:hi], *out)
-                ctrl[1 + w] = done
+            stepped = False
+            for g in range(num_groups):  # in order: with every group requested, group 0 goes first
+                if requests[g] != done[g]:  # the learner wrote the actions, then bumped the counter
+                    done[g] = int(requests[g])
+                    part = parts[g]
+                    if part is not None:
+                        envs.step(part[2], *part[3], start=part[0], stop=part[1])
+                    acks[g] = done[g]
+                    stepped = True
+            if stepped:
                 idle_since = time.perf_counter()
                 continue
             if time.perf_counter() - idle_since < _SPIN_S:
@@ -151,7 +193,8 @@ class ParallelEnvs:
     """``num_envs`` envs over the learner plus ``workers`` processes (see the module docstring)."""
 
     def __init__(self, env_id: str, num_envs: int, workers: int, env_kwargs: dict | None = None,
-                 learner_envs: int | None = None):
+                 learner_envs: int | None = None, groups: int = 1):
+        self.groups = group_bounds(num_envs, groups)
         if not 1 <= workers < num_envs:
             raise ConfigError(f"rollout.workers={workers} is invalid: must lie in [1, env.num_envs - 1 = "
                               f"{num_envs - 1}]")
@@ -176,17 +219,25 @@ class ParallelEnvs:
         self._buffer = ctx.RawArray("b", _Shared.nbytes(num_envs, self.single_observation_space,
                                                         self.single_action_space))
         self.sh = _Shared(self._buffer, num_envs, self.single_observation_space, self.single_action_space)
-        self._ctrl_buffer = ctx.RawArray("b", 8 * (1 + workers))  # int64: step counter, then one ack per worker
+        # int64 counters: one step request per group, then per worker one acknowledgement per group.
+        num_groups = len(self.groups)
+        self._ctrl_buffer = ctx.RawArray("b", 8 * num_groups * (1 + workers))
         self.ctrl = np.frombuffer(self._ctrl_buffer, np.int64)
+        self._requests = self.ctrl[:num_groups]
+        self._acks = self.ctrl[num_groups:].reshape(workers, num_groups)
+        # Per group: the workers with envs in it (the ones to wait for) and the learner's own part.
+        bounds_w = [(int(bounds[w + 1]), int(bounds[w + 2])) for w in range(workers)]
+        self._waiting = [[w for w, (lo, hi) in enumerate(bounds_w) if max(lo, g_lo) < min(hi, g_hi)]
+                         for g_lo, g_hi in self.groups]
+        self._local_parts = [(g_lo, min(g_hi, self.local_hi)) for g_lo, g_hi in self.groups]
         self._last_check = 0.0  # when the workers were last checked for errors (perf_counter)
-        self._target = 0  # the step counter value the workers acknowledge when the current step is done
         self.procs, self.conns = [], []
         try:
             for w in range(workers):
                 parent, child = ctx.Pipe()
                 lo, hi = int(bounds[w + 1]), int(bounds[w + 2])
                 proc = ctx.Process(target=_worker, args=(child, self._buffer, self._ctrl_buffer, w, env_id,
-                                                         env_kwargs, num_envs, lo, hi),
+                                                         env_kwargs, num_envs, lo, hi, self.groups),
                                    daemon=True, name=f"rl_trust-rollout-{w}")
                 proc.start()
                 child.close()
@@ -247,28 +298,46 @@ class ParallelEnvs:
         self.step_async(actions)
         return self.step_wait(idle)
 
-    def step_async(self, actions: np.ndarray) -> None:
-        """Start a step: the workers begin at once; the learner steps its own slice, if any, now."""
-        sh, k, ctrl = self.sh, self.local_hi, self.ctrl
+    def step_async(self, actions: np.ndarray, group: int | None = None) -> None:
+        """Start a step of ``group`` (every group if None; ``actions`` are that group's): the workers
+        begin at once; the learner steps its own part, if any, now."""
+        if group is None:
+            for g, (lo, hi) in enumerate(self.groups):
+                self.step_async(actions[lo:hi], g)
+            return
         now = time.perf_counter()
         if now - self._last_check > _CHECK_S:  # polling the pipes costs ~10 µs: not on every step
             self._last_check = now
             self._check_alive()
-        sh.actions[:] = actions
-        self._target = int(ctrl[0]) + 1
-        ctrl[0] = self._target  # one aligned 8-byte store, after the actions
-        if self.local is not None:
-            self.local.step(actions[:k], sh.obs[:k], sh.final_obs[:k], sh.rewards[:k], sh.terminated[:k],
-                            sh.truncated[:k])
+        sh = self.sh
+        g_lo, g_hi = self.groups[group]
+        sh.actions[g_lo:g_hi] = actions
+        self._requests[group] += 1  # one aligned 8-byte store, after the actions
+        lo, hi = self._local_parts[group]
+        if lo < hi:
+            self.local.step(actions[: hi - lo], sh.obs[lo:hi], sh.final_obs[lo:hi], sh.rewards[lo:hi],
+                            sh.terminated[lo:hi], sh.truncated[lo:hi], start=lo, stop=hi)
 
-    def step_wait(self, idle: Callable[[], bool] | None = None) -> StepResult:
-        """Wait for the workers' slices of the step begun by :meth:`step_async`. ``idle``: called
-        repeatedly meanwhile, one short unit of background work per call, until it returns False (no
-        work left); it must not touch the envs."""
-        sh, ctrl, target = self.sh, self.ctrl, self._target
+    def step_wait(self, idle: Callable[[], bool] | None = None, group: int | None = None) -> StepResult:
+        """Wait for the workers' parts of ``group``'s step (every group's if None) begun by
+        :meth:`step_async`. ``idle``: called repeatedly meanwhile, one short unit of background work
+        per call, until it returns False (no work left); it must not touch the envs."""
+        if group is None:
+            for g in range(len(self.groups)):
+                self._wait_group(g, idle)
+            lo, hi = 0, self.num_envs
+        else:
+            self._wait_group(group, idle)
+            lo, hi = self.groups[group]
+        sh = self.sh
+        return StepResult(sh.obs[lo:hi].copy(), sh.final_obs[lo:hi].copy(), sh.rewards[lo:hi].copy(),
+                          sh.terminated[lo:hi].copy(), sh.truncated[lo:hi].copy())
+
+    def _wait_group(self, group: int, idle: Callable[[], bool] | None) -> None:
+        target, acks = self._requests[group], self._acks[:, group]
         last_check = time.perf_counter()
-        for w in range(len(self.procs)):
-            while ctrl[1 + w] != target:
+        for w in self._waiting[group]:
+            while acks[w] != target:
                 if idle is not None:
                     if not idle():
                         idle = None
@@ -277,8 +346,6 @@ class ParallelEnvs:
                 if time.perf_counter() - last_check > _CHECK_S:
                     last_check = time.perf_counter()
                     self._check_alive()
-        return StepResult(sh.obs.copy(), sh.final_obs.copy(), sh.rewards.copy(), sh.terminated.copy(),
-                          sh.truncated.copy())
 
     def close(self) -> None:
         for conn, proc in zip(self.conns, self.procs, strict=True):
@@ -312,8 +379,14 @@ def resolve_workers(workers: int | str, num_envs: int) -> int:
 
 
 def make_envs(env_id: str, num_envs: int, workers: int, env_kwargs: dict | None = None,
-              learner_envs: int | None = None) -> InProcessEnvs | ParallelEnvs:
-    """In-process envs (``workers=0``) or :class:`ParallelEnvs` (``learner_envs``: see there)."""
+              learner_envs: int | None = None, groups: int = 1) -> InProcessEnvs | ParallelEnvs:
+    """In-process envs (``workers=0``) or :class:`ParallelEnvs` (``learner_envs``: see there), stepped
+    in ``groups`` groups (see the module docstring)."""
     if workers == 0:
-        return InProcessEnvs(env_id, num_envs, env_kwargs)
-    return ParallelEnvs(env_id, num_envs, workers, env_kwargs, learner_envs)
+        return InProcessEnvs(env_id, num_envs, env_kwargs, groups)
+    return ParallelEnvs(env_id, num_envs, workers, env_kwargs, learner_envs, groups)
+
+
+def resolve_env_groups(groups: int | str, num_envs: int) -> int:
+    """``auto``: two groups (double buffering) where there are at least two envs, else one."""
+    return min(2, num_envs) if groups == "auto" else groups

@@ -3,7 +3,7 @@
     python scripts/bench.py [--env HalfCheetah-v5] [--num-envs 8] [--steps-per-env 256] [--updates 10]
                             [--rounds 2] [--only trpo ppo sim sampling]
 
-Every measurement runs in its own process (one torch thread), the frameworks alternating round by
+Every measurement runs in its own process (one torch thread, one BLAS thread), the frameworks alternating round by
 round so that machine noise hits both; the table gives the median steps/s over rounds, the ratio
 rl_trust / SB3 and each process's peak RSS. SB3 rows need `pip install -e .[bench]`
 (stable-baselines3 and sb3-contrib); without them only the rl_trust rows are printed.
@@ -32,8 +32,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def child(spec: dict) -> dict:
     """One measurement, in this process: returns steps/s."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
+    threadpool_limits(limits=1, user_api="blas")  # numpy's BLAS too, on both sides (train.run does the same)
     kind, env_id, n, t, updates = spec["kind"], spec["env"], spec["num_envs"], spec["steps_per_env"], spec["updates"]
     total = n * t * updates
     if kind == "sim":

@@ -8,7 +8,7 @@ from rl_trust.errors import ConfigError
 from rl_trust.normalization import ObsNormalizer, RewardScaler
 from rl_trust.policies import Actor
 from rl_trust.rollout import RolloutWorker
-from rl_trust.workers import InProcessEnvs, ParallelEnvs
+from rl_trust.workers import InProcessEnvs, ParallelEnvs, StepResult
 
 
 class CounterEnv(gym.Env):
@@ -99,15 +99,25 @@ def _collect(envs, seed=0):
         envs.close()
 
 
-def test_worker_processes_give_the_same_batches_as_in_process():
-    # HalfCheetah with a 30-step limit: episodes end inside the rollout, on every slice.
+@pytest.mark.parametrize("groups, workers, learner_envs", [(1, 2, None), (2, 1, 0), (2, 2, None), (3, 2, 1),
+                                                           (5, 1, 0)])
+def test_worker_processes_give_the_same_batches_as_in_process(groups, workers, learner_envs):
+    # HalfCheetah with a 30-step limit: episodes end inside the rollout, on every slice; groups that
+    # straddle the learner's and the workers' slices, and workers with no env in some group.
     kwargs = {"max_episode_steps": 30}
-    ref = _collect(InProcessEnvs("HalfCheetah-v5", 5, env_kwargs=kwargs), seed=3)
-    par = _collect(ParallelEnvs("HalfCheetah-v5", 5, workers=2, env_kwargs=kwargs), seed=3)
+    ref = _collect(InProcessEnvs("HalfCheetah-v5", 5, env_kwargs=kwargs, groups=groups), seed=3)
+    par = _collect(ParallelEnvs("HalfCheetah-v5", 5, workers=workers, env_kwargs=kwargs, learner_envs=learner_envs,
+                                groups=groups), seed=3)
     assert ref[0].truncated.any()
     for a, b in zip(ref, par, strict=True):
         for name, x in a.flat().items():
             assert torch.equal(x, b.flat()[name]), name
+
+
+def test_bad_group_counts_are_named():
+    for bad in (0, 5, True, "2"):
+        with pytest.raises(ConfigError, match=f"rollout.env_groups={bad!r}"):
+            InProcessEnvs("Pendulum-v1", 4, groups=bad)
 
 
 def test_dead_worker_is_reported_and_close_leaves_no_process():
@@ -162,46 +172,87 @@ def test_env_group_steps_exactly_like_gymnasium_same_step_sync_vector_env(env_id
     ref.close()
 
 
-def _reference_collect(envs, actor, obs_norm, reward_scaler, obs, rng, T, ep_return):
-    """The rollout written plainly: act, step, record, in that order (no pipelining)."""
+def _reference_collect(envs, actor, obs_norm, reward_scaler, obs, rng, T, ep_return, groups):
+    """The rollout written plainly: per step, each env group in turn: act, step, record (no pipelining)."""
     policy = actor.numpy_policy()
     out = {k: [] for k in ("obs", "next_obs", "actions", "log_probs", "rewards", "terminated", "truncated")}
     returns = []
+    space = envs.single_action_space
     for _ in range(T):
-        action, log_prob = policy.sample(obs, rng)
-        space = envs.single_action_space
-        res = envs.step(np.clip(action, space.low, space.high) if isinstance(space, gym.spaces.Box) else action)
-        done = res.terminated | res.truncated
-        ep_return += res.rewards
-        returns += ep_return[done].tolist()
-        ep_return[done] = 0
-        obs_norm.update(res.obs)
-        out["obs"].append(obs)
-        out["next_obs"].append(obs_norm.normalize(res.final_obs))
-        out["actions"].append(action)
-        out["log_probs"].append(log_prob)
-        out["rewards"].append(reward_scaler(res.rewards, done))
-        out["terminated"].append(res.terminated)
-        out["truncated"].append(res.truncated)
-        obs = obs_norm.normalize(res.obs)
+        obs = obs.copy()
+        row = {k: [] for k in out}
+        for sl in groups:
+            action, log_prob = policy.sample(obs[sl], rng)
+            actions = np.zeros((envs.num_envs, *action.shape[1:]), action.dtype)
+            actions[sl] = action
+            # Every env steps (the reference env set is whole); only this group's results are used,
+            # so the other group's envs are stepped from a copy that is thrown away.
+            res = envs.step_group(np.clip(actions, space.low, space.high) if isinstance(space, gym.spaces.Box)
+                                  else actions, sl)
+            done = res.terminated | res.truncated
+            ep_return[sl] += res.rewards
+            returns += ep_return[sl][done].tolist()
+            ep_return[sl][done] = 0
+            obs_norm.update(res.obs)
+            row["obs"].append(obs[sl].copy())
+            row["next_obs"].append(obs_norm.normalize(res.final_obs))
+            row["actions"].append(action)
+            row["log_probs"].append(log_prob)
+            row["rewards"].append(reward_scaler(res.rewards, done, envs=sl))
+            row["terminated"].append(res.terminated)
+            row["truncated"].append(res.truncated)
+            obs[sl] = obs_norm.normalize(res.obs)
+        for k, v in row.items():
+            out[k].append(np.concatenate(v))
     return {k: np.stack(v) for k, v in out.items()}, returns, obs
 
 
-@pytest.mark.parametrize("env_id, obs_dim", [("CartPole-v1", 4), ("Pendulum-v1", 3)])
-def test_pipelined_collect_equals_the_plain_loop(env_id, obs_dim):
-    """collect() sends the next actions before recording a step; the batch is the plain loop's, bit for bit."""
+class _PlainEnvs:
+    """The envs of one group stepped directly, one Gymnasium env at a time: the reference's stepping."""
+
+    def __init__(self, env_id, num_envs, kwargs):
+        self.envs = [gym.make(env_id, **kwargs) for _ in range(num_envs)]
+        self.num_envs, self.single_action_space = num_envs, self.envs[0].action_space
+
+    def reset(self, seed):
+        return np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(self.envs)])
+
+    def step_group(self, actions, sl):
+        rows = []
+        for i in range(*sl.indices(self.num_envs)):
+            o, r, term, trunc, _ = self.envs[i].step(actions[i])
+            final = o
+            if term or trunc:
+                o, _ = self.envs[i].reset()
+            rows.append((o, final, r, term, trunc))
+        obs, final, r, term, trunc = (np.array(x) for x in zip(*rows, strict=True))
+        return StepResult(obs, final, r, term, trunc)
+
+    def close(self):
+        for env in self.envs:
+            env.close()
+
+
+@pytest.mark.parametrize("env_id, obs_dim, groups", [("CartPole-v1", 4, 1), ("Pendulum-v1", 3, 1),
+                                                     ("CartPole-v1", 4, 2), ("Pendulum-v1", 3, 3)])
+def test_pipelined_collect_equals_the_plain_loop(env_id, obs_dim, groups):
+    """collect() sends the next actions before recording a step, double-buffering the env groups; the
+    batch is the plain loop's, bit for bit."""
     torch.manual_seed(0)
     kwargs = {"max_episode_steps": 25} if env_id == "Pendulum-v1" else {}
-    envs, ref_envs = (InProcessEnvs(env_id, 3, env_kwargs=kwargs) for _ in range(2))
+    envs = InProcessEnvs(env_id, 3, env_kwargs=kwargs, groups=groups)
+    ref_envs = _PlainEnvs(env_id, 3, kwargs)
     actor = Actor(obs_dim, envs.single_action_space, [8], "tanh")
     worker = RolloutWorker(envs, actor, ObsNormalizer((obs_dim,)), RewardScaler(3, 0.99), steps_per_env=60, seed=0)
     ref_norm, ref_scaler = ObsNormalizer((obs_dim,)), RewardScaler(3, 0.99)
     ref_obs = ref_norm(ref_envs.reset(seed=0))
     rng, ep_return = np.random.Generator(np.random.PCG64(0)), np.zeros(3)
+    slices = [slice(lo, hi) for lo, hi in envs.groups]
+    assert len(slices) == groups
     for _ in range(2):
         batch, stats = worker.collect()
         ref, ref_returns, ref_obs = _reference_collect(ref_envs, actor, ref_norm, ref_scaler, ref_obs, rng, 60,
-                                                       ep_return)
+                                                       ep_return, slices)
         assert batch.terminated.any() or batch.truncated.any()
         for key, value in ref.items():
             np.testing.assert_array_equal(getattr(batch, key).numpy(), value, err_msg=key)
