@@ -34,10 +34,10 @@ class EnvConfig:
 class RolloutConfig:
     steps_per_env: int = 256
     # 0: step every env in the learner process; N: N worker processes plus the learner, each stepping
-    # a slice of the envs; auto: one worker per spare core (at most env.num_envs - 1). Default 0: on the
-    # 2-core development machine one worker gained only 4-8% end to end (docs/benchmarks.md) while
-    # keeping a second core busy.
-    workers: Any = 0
+    # a slice of the envs; auto (default): one worker per spare core (at most env.num_envs - 1; none on
+    # one core). Batches are the same either way; on the 2-core development machine one worker makes
+    # the shipped TRPO config 20-26% faster end to end (docs/benchmarks.md).
+    workers: Any = "auto"
     # With workers >= 1: the workers step every env and the learner runs the critic's update of the
     # previous batch while it waits for them (same results, see rl_trust/train.py). No effect with 0.
     overlap_critic: bool = True

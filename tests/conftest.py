@@ -24,8 +24,10 @@ def make_cfg(*overrides: str):
 def tiny(*overrides: str, algo: str = "trpo") -> list[str]:
     """Overrides for a run of a few hundred steps with ``algo``."""
     minibatch = [] if algo == "trpo" else ["algo.minibatch_size=16"]
+    # In process unless a test asks for workers (the default, auto, starts a worker process per run).
+    workers = [] if any(o.startswith("rollout.workers=") for o in overrides) else ["rollout.workers=0"]
     return [f"algo={algo}", "env.num_envs=2", "rollout.steps_per_env=32", "total_steps=128", "eval_episodes=2",
-            "progress=false", "critic.minibatch_size=16", *minibatch, *overrides]
+            "progress=false", "critic.minibatch_size=16", *minibatch, *workers, *overrides]
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
