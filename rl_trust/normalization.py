@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from rl_trust import _stats_kernel as kernel
-
 
 class RunningMeanStd:
     """Mean and variance of a stream of batches (parallel algorithm of Chan et al., 1979)."""
@@ -21,16 +19,29 @@ class RunningMeanStd:
         self.count = epsilon
 
     def update(self, x: np.ndarray) -> None:
-        """Merge the batch ``x`` [n, *shape]; ``mean`` and ``var`` change in place."""
+        """Merge the batch ``x`` [n, *shape]; ``mean`` and ``var`` change in place.
+
+        Called every env step on a handful of rows: written as a few ufunc calls (``np.mean`` /
+        ``np.var`` cost several times the arithmetic in Python-level overhead at this size)."""
         x = np.asarray(x)
-        if x.dtype not in (np.float32, np.float64):
-            x = x.astype(np.float64)
+        n = x.shape[0]
+        if n == 0:
+            return
         for name in ("mean", "var"):  # updated in place: own float64 storage
             a = getattr(self, name)
             if a.dtype != np.float64 or not a.flags.c_contiguous or not a.flags.writeable:
                 setattr(self, name, np.array(a, np.float64))
-        self.count = kernel.rms_update(self.mean.reshape(-1), self.var.reshape(-1), float(self.count),
-                                       x.reshape(len(x), -1))
+        batch_mean = np.add.reduce(x, axis=0, dtype=np.float64) / n
+        dev = x - batch_mean
+        batch_var = np.add.reduce(dev * dev, axis=0) / n
+        count, total = self.count, self.count + n
+        delta = batch_mean - self.mean
+        m2 = self.var * count
+        m2 += batch_var * n
+        m2 += delta * delta * (count * n / total)
+        np.divide(m2, total, out=self.var)
+        self.mean += delta * (n / total)
+        self.count = total
 
     def state_dict(self) -> dict:
         return {"mean": self.mean.copy(), "var": self.var.copy(), "count": float(self.count)}
@@ -63,14 +74,12 @@ class ObsNormalizer:
                 return np.asarray(obs, np.float32)
             out[...] = obs
             return out
-        obs = np.asarray(obs)
-        if obs.dtype not in (np.float32, np.float64):
-            obs = obs.astype(np.float64)
+        z = np.subtract(obs, self.rms.mean, dtype=np.float64)
+        z /= np.sqrt(self.rms.var + self.eps)
+        np.clip(z, -self.clip, self.clip, out=z)
         if out is None:
-            out = np.empty(obs.shape, np.float32)
-        n = len(obs) if obs.ndim > 1 else 1
-        kernel.normalize(obs.reshape(n, -1), self.rms.mean.reshape(-1), self.rms.var.reshape(-1),
-                         float(self.eps), float(self.clip), out.reshape(n, -1))
+            return z.astype(np.float32)
+        out[...] = z
         return out
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
@@ -110,10 +119,14 @@ class RewardScaler:
         if not self.enabled:
             out[...] = rewards
             return out
-        rms = self.rms
-        rms.count = kernel.scale_rewards(np.asarray(rewards, np.float64), np.asarray(dones, np.bool_), ret,
-                                         float(self.gamma), rms.mean.reshape(-1), rms.var.reshape(-1),
-                                         float(rms.count), not self.frozen, float(self.eps), float(self.clip), out)
+        if not self.frozen:
+            ret *= self.gamma
+            ret += rewards
+            self.rms.update(ret)
+            ret[dones] = 0.0
+        scaled = rewards / np.sqrt(self.rms.var + self.eps)
+        np.clip(scaled, -self.clip, self.clip, out=scaled)
+        out[...] = scaled
         return out
 
     def state_dict(self) -> dict:

@@ -100,3 +100,56 @@ def test_autograd_node_gives_autograd_gradients_under_a_policy_loss(activation):
         grads.append([p.grad.clone() for p in actor.parameters()])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("out_dim", [1, 3])
+def test_numpy_loss_and_gradients_match_autograd(activation, dtype, out_dim):
+    torch.manual_seed(1)
+    net = mlp([5, 16, 12, out_dim], activation, out_gain=1.0).to(dtype)
+    for m in net:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.bias)
+    x, target = torch.randn(40, 5, dtype=dtype), torch.randn(40, out_dim, dtype=dtype)
+    ref = copy.deepcopy(net)
+    loss = 0.5 * ((ref(x) - target) ** 2).sum(-1).mean()
+    loss.backward()
+    manual = MLPGrad(net)
+    grads = [torch.full_like(p, float("nan")).numpy() for p in manual.params]  # overwritten, not accumulated
+    got = manual.numpy_loss_grad(x.numpy(), target.squeeze(-1).numpy() if out_dim == 1 else target.numpy(), grads)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    assert got == pytest.approx(float(loss), rel=tol["rtol"])
+    for g, q in zip(grads, ref.parameters(), strict=True):
+        torch.testing.assert_close(torch.from_numpy(g), q.grad, **tol)
+    net[0].weight.data = net[0].weight.data.clone()  # new storage: the cached views must follow
+    with torch.no_grad():
+        net[0].weight.mul_(2.0)
+    ref2 = copy.deepcopy(net)
+    loss2 = 0.5 * ((ref2(x) - target) ** 2).sum(-1).mean()
+    got2 = manual.numpy_loss_grad(x.numpy(), target.squeeze(-1).numpy() if out_dim == 1 else target.numpy(), grads)
+    assert got2 == pytest.approx(float(loss2), rel=tol["rtol"])
+
+
+def test_numpy_critic_step_clips_like_clip_grad_norm():
+    from rl_trust.batch import RolloutBatch
+
+    g = torch.Generator().manual_seed(2)
+    T, N = 16, 4
+    batch = RolloutBatch(obs=torch.randn(T, N, 6, generator=g), next_obs=torch.randn(T, N, 6, generator=g),
+                         actions=torch.randn(T, N, 2, generator=g), log_probs=torch.zeros(T, N),
+                         rewards=torch.randn(T, N, generator=g), terminated=torch.zeros(T, N, dtype=torch.bool),
+                         truncated=torch.zeros(T, N, dtype=torch.bool))
+    critics = []
+    for manual in (True, False):
+        torch.manual_seed(0)
+        c = Critic(ValueNet(6, [16, 16], "tanh"), optimizer_factory("sgd"), epochs=2, minibatch_size=16,
+                   max_grad_norm=0.05, seed=3, manual_grad=manual)
+        b = c.evaluate(batch)
+        returns = 10 * torch.randn(T, N, generator=torch.Generator().manual_seed(4))
+        b = b.replace(advantages=torch.zeros(T, N), returns=returns)
+        critics.append((c, c.update(b)))
+    (a, ma), (b, mb) = critics
+    assert ma["losses/value"] == pytest.approx(mb["losses/value"], rel=1e-5)
+    for p, q in zip(a.net.parameters(), b.net.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)

@@ -56,7 +56,7 @@ def test_reward_scaler_divides_by_std_of_discounted_return_and_resets_on_done():
 
 
 def _numpy_rms_update(mean, var, count, x):
-    """The plain numpy formulas (Chan et al.), the reference for the compiled update."""
+    """The plain numpy formulas (Chan et al.), the reference for the in-place update."""
     batch_mean, batch_var, n = x.mean(axis=0), x.var(axis=0), x.shape[0]
     delta = batch_mean - mean
     total = count + n
@@ -65,7 +65,7 @@ def _numpy_rms_update(mean, var, count, x):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
-def test_compiled_statistics_and_normalisation_match_numpy(dtype):
+def test_statistics_and_normalisation_match_the_plain_formulas(dtype):
     rng = np.random.default_rng(2)
     norm = ObsNormalizer((5,), clip=3.0)
     mean, var, count = np.zeros(5), np.ones(5), 1e-4
@@ -85,7 +85,7 @@ def test_compiled_statistics_and_normalisation_match_numpy(dtype):
     assert np.isnan(norm.normalize(nan_row)[0, 0])  # passes through as np.clip lets it
 
 
-def test_compiled_reward_scaling_matches_numpy_with_resets_and_freezing():
+def test_reward_scaling_matches_the_plain_formulas_with_resets_and_freezing():
     rng = np.random.default_rng(3)
     scaler = RewardScaler(4, gamma=0.9, clip=2.0)
     ret, mean, var, count = np.zeros(4), np.zeros(()), np.ones(()), 1e-4
