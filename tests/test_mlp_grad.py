@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from rl_trust.batch import RolloutBatch
 from rl_trust.critic import Critic, optimizer_factory
 from rl_trust.mlp_grad import MLPGrad
 from rl_trust.policies import ValueNet, mlp
@@ -44,17 +45,20 @@ def test_unsupported_networks_are_refused():
         MLPGrad(nn.Sequential(nn.Linear(2, 2), nn.GELU(), nn.Linear(2, 1)))
 
 
+def _random_batch(T: int, N: int, seed: int) -> RolloutBatch:
+    """A [T, N] batch of 6-dim observations and 2-dim actions, random where the critic reads it."""
+    g = torch.Generator().manual_seed(seed)
+    return RolloutBatch(obs=torch.randn(T, N, 6, generator=g), next_obs=torch.randn(T, N, 6, generator=g),
+                        actions=torch.randn(T, N, 2, generator=g), log_probs=torch.zeros(T, N),
+                        rewards=torch.randn(T, N, generator=g), terminated=torch.zeros(T, N, dtype=torch.bool),
+                        truncated=torch.zeros(T, N, dtype=torch.bool))
+
+
 @pytest.mark.parametrize("optim", ["adam", "arturo"])
 def test_critic_update_with_hand_written_gradient_matches_autograd(optim):
-    from rl_trust.batch import RolloutBatch
-
     torch.manual_seed(0)
     T, N = 32, 4
-    g = torch.Generator().manual_seed(1)
-    batch = RolloutBatch(obs=torch.randn(T, N, 6, generator=g), next_obs=torch.randn(T, N, 6, generator=g),
-                         actions=torch.randn(T, N, 2, generator=g), log_probs=torch.zeros(T, N),
-                         rewards=torch.randn(T, N, generator=g), terminated=torch.zeros(T, N, dtype=torch.bool),
-                         truncated=torch.zeros(T, N, dtype=torch.bool))
+    batch = _random_batch(T, N, seed=1)
     critics = []
     for manual in (True, False):
         torch.manual_seed(0)
@@ -119,27 +123,21 @@ def test_numpy_loss_and_gradients_match_autograd(activation, dtype, out_dim):
     grads = [torch.full_like(p, float("nan")).numpy() for p in manual.params]  # overwritten, not accumulated
     got = manual.numpy_loss_grad(x.numpy(), target.squeeze(-1).numpy() if out_dim == 1 else target.numpy(), grads)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
-    assert got == pytest.approx(float(loss), rel=tol["rtol"])
+    assert got == pytest.approx(loss.item(), rel=tol["rtol"])
     for g, q in zip(grads, ref.parameters(), strict=True):
         torch.testing.assert_close(torch.from_numpy(g), q.grad, **tol)
     net[0].weight.data = net[0].weight.data.clone()  # new storage: the cached views must follow
     with torch.no_grad():
         net[0].weight.mul_(2.0)
     ref2 = copy.deepcopy(net)
-    loss2 = 0.5 * ((ref2(x) - target) ** 2).sum(-1).mean()
+    loss2 = 0.5 * ((ref2(x) - target) ** 2).sum(-1).mean().detach()
     got2 = manual.numpy_loss_grad(x.numpy(), target.squeeze(-1).numpy() if out_dim == 1 else target.numpy(), grads)
     assert got2 == pytest.approx(float(loss2), rel=tol["rtol"])
 
 
 def test_numpy_critic_step_clips_like_clip_grad_norm():
-    from rl_trust.batch import RolloutBatch
-
-    g = torch.Generator().manual_seed(2)
     T, N = 16, 4
-    batch = RolloutBatch(obs=torch.randn(T, N, 6, generator=g), next_obs=torch.randn(T, N, 6, generator=g),
-                         actions=torch.randn(T, N, 2, generator=g), log_probs=torch.zeros(T, N),
-                         rewards=torch.randn(T, N, generator=g), terminated=torch.zeros(T, N, dtype=torch.bool),
-                         truncated=torch.zeros(T, N, dtype=torch.bool))
+    batch = _random_batch(T, N, seed=2)
     critics = []
     for manual in (True, False):
         torch.manual_seed(0)
