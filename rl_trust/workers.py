@@ -7,12 +7,12 @@ With ``learner_envs=0`` the workers step every env and the learner spends the wa
 work, such as the critic's update of the previous batch (``step_wait(idle=...)``); a step can be
 split into ``step_async`` (actions out) and ``step_wait`` so the learner works meanwhile.
 Actions, observations, rewards and flags travel through one shared-memory block, and so does the
-per-step signal: the learner bumps a shared step counter, each worker copies it to its own slot
-when its slice has stepped, both sides polling with ``sched_yield`` (a pipe round trip costs a
-scheduler wake-up, about as long as stepping a slice of MuJoCo envs). A worker idle for more
-than 2 ms (while the learner updates) backs off to sleeping on its pipe, which carries resets,
-errors and shutdown. ``reset(seed)`` seeds env ``i`` with ``seed + i`` in
-either mode, so a run gives the same batches whatever ``rollout.workers`` is.
+per-step signal: the learner bumps a group's shared request counter, each worker copies it to its
+own acknowledgement slot for that group when its part has stepped, both sides polling with
+``sched_yield`` (a pipe round trip costs a scheduler wake-up, about as long as stepping a slice of
+MuJoCo envs). A worker idle for more than 2 ms (while the learner updates) backs off to sleeping on
+its pipe, which carries resets, errors and shutdown. ``reset(seed)`` seeds env ``i`` with ``seed +
+i`` in either mode, so a run gives the same batches whatever ``rollout.workers`` is.
 
 Envs are stepped in ``env_groups`` contiguous groups, each with its own ``step_async(actions, group)``
 / ``step_wait(group)``: with two groups the workers step one while the learner reads the other's
