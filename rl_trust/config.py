@@ -45,6 +45,11 @@ class RolloutConfig:
     # learner handles one group's results while the workers step another (double buffering). Batches
     # depend on it (observation statistics are updated per group), not on the worker count.
     env_groups: Any = "auto"
+    # With workers >= 1, how many envs the learner process steps itself (the workers share the rest);
+    # each env group is split the same way. auto: 0 with overlap_critic (the learner's waits go to the
+    # critic), else an equal share less one env per group (the learner also does every group's
+    # statistics, policy and recording, about one MuJoCo env step each). Batches do not depend on it.
+    learner_envs: Any = "auto"
 
 
 @dataclass
@@ -188,6 +193,11 @@ def validate(cfg: DictConfig) -> None:
     if groups != "auto":
         _require(isinstance(groups, int) and not isinstance(groups, bool) and 1 <= groups <= cfg.env.num_envs,
                  "rollout.env_groups", groups, f"'auto' or a count in [1, env.num_envs = {cfg.env.num_envs}]")
+    learner_envs = cfg.rollout.learner_envs
+    if learner_envs != "auto":
+        _require(isinstance(learner_envs, int) and not isinstance(learner_envs, bool)
+                 and 0 <= learner_envs < cfg.env.num_envs, "rollout.learner_envs", learner_envs,
+                 f"'auto' or a count in [0, env.num_envs - 1 = {cfg.env.num_envs - 1}]")
     for key in ("gamma", "gae_lambda"):
         in_range(cfg, key, 0.0, 1.0, closed=True)
     for net in ("policy", "critic"):

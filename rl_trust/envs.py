@@ -82,9 +82,13 @@ class EnvGroup:
         self.single_action_space = self.envs[0].action_space
         _check_spaces(env_id, self.single_observation_space, self.single_action_space, self.close)
 
-    def reset(self, seed: int | None = None) -> np.ndarray:
-        """Reset every env (env ``i`` with ``seed + i``); returns the stacked observations."""
-        return np.stack([env.reset(seed=None if seed is None else seed + i)[0] for i, env in enumerate(self.envs)])
+    def reset(self, seed: int | None = None, ids=None) -> np.ndarray:
+        """Reset every env, env ``i`` with ``seed + ids[i]`` (``ids`` default ``range(num_envs)``: a
+        process holding envs 3, 4 and 9 of a run passes those, so seeds do not depend on the split);
+        returns the stacked observations."""
+        ids = range(self.num_envs) if ids is None else [int(i) for i in ids]
+        return np.stack([env.reset(seed=None if seed is None else seed + i)[0]
+                         for i, env in zip(ids, self.envs, strict=True)])
 
     def step(self, actions: np.ndarray, obs: np.ndarray, final_obs: np.ndarray, rewards: np.ndarray,
              terminated: np.ndarray, truncated: np.ndarray, start: int = 0, stop: int | None = None) -> None:

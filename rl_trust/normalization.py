@@ -6,6 +6,8 @@ Both keep float64 numpy state (the rollout side is numpy), expose ``state_dict``
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -21,26 +23,43 @@ class RunningMeanStd:
     def update(self, x: np.ndarray) -> None:
         """Merge the batch ``x`` [n, *shape]; ``mean`` and ``var`` change in place.
 
-        Called every env step on a handful of rows: written as a few ufunc calls (``np.mean`` /
-        ``np.var`` cost several times the arithmetic in Python-level overhead at this size)."""
+        Called every env step on a handful of rows: written as in-place ufunc calls, and for scalar
+        statistics (reward scaling) in Python floats (``np.mean`` / ``np.var`` cost several times the
+        arithmetic in Python-level overhead at this size)."""
         x = np.asarray(x)
         n = x.shape[0]
         if n == 0:
+            return
+        count, total = self.count, self.count + n
+        if x.ndim == 1 and self.mean.shape == ():
+            batch_mean = float(np.add.reduce(x, dtype=np.float64)) / n
+            dev = x - batch_mean
+            batch_var = float(np.dot(dev, dev)) / n
+            mean, var = float(self.mean), float(self.var)
+            delta = batch_mean - mean
+            self.var = np.array((var * count + batch_var * n + delta * delta * (count * n / total)) / total)
+            self.mean = np.array(mean + delta * (n / total))
+            self.count = total
             return
         for name in ("mean", "var"):  # updated in place: own float64 storage
             a = getattr(self, name)
             if a.dtype != np.float64 or not a.flags.c_contiguous or not a.flags.writeable:
                 setattr(self, name, np.array(a, np.float64))
-        batch_mean = np.add.reduce(x, axis=0, dtype=np.float64) / n
-        dev = x - batch_mean
-        batch_var = np.add.reduce(dev * dev, axis=0) / n
-        count, total = self.count, self.count + n
-        delta = batch_mean - self.mean
-        m2 = self.var * count
-        m2 += batch_var * n
-        m2 += delta * delta * (count * n / total)
-        np.divide(m2, total, out=self.var)
-        self.mean += delta * (n / total)
+        mean, var = self.mean, self.var
+        batch_mean = np.add.reduce(x, axis=0, dtype=np.float64)
+        batch_mean /= n
+        dev = np.subtract(x, batch_mean, dtype=np.float64)
+        dev *= dev
+        m2 = np.add.reduce(dev, axis=0)  # n * the batch's variance
+        delta = np.subtract(batch_mean, mean, out=batch_mean)
+        var *= count
+        var += m2
+        m2 = np.multiply(delta, delta, out=m2)
+        m2 *= count * n / total
+        var += m2
+        var /= total
+        delta *= n / total
+        mean += delta
         self.count = total
 
     def state_dict(self) -> dict:
@@ -76,7 +95,8 @@ class ObsNormalizer:
             return out
         z = np.subtract(obs, self.rms.mean, dtype=np.float64)
         z /= np.sqrt(self.rms.var + self.eps)
-        np.clip(z, -self.clip, self.clip, out=z)
+        np.maximum(z, -self.clip, out=z)  # as np.clip (NaN passes through), at half its per-call cost
+        np.minimum(z, self.clip, out=z)
         if out is None:
             return z.astype(np.float32)
         out[...] = z
@@ -124,10 +144,9 @@ class RewardScaler:
             ret += rewards
             self.rms.update(ret)
             ret[dones] = 0.0
-        scaled = rewards / np.sqrt(self.rms.var + self.eps)
-        np.clip(scaled, -self.clip, self.clip, out=scaled)
-        out[...] = scaled
-        return out
+        scaled = np.divide(rewards, math.sqrt(self.rms.var + self.eps), dtype=np.float64)
+        np.maximum(scaled, -self.clip, out=scaled)
+        return np.minimum(scaled, self.clip, out=out)  # np.clip's Python wrapper costs twice these two calls
 
     def state_dict(self) -> dict:
         return {"rms": self.rms.state_dict(), "ret": self.ret.copy(), "enabled": self.enabled}

@@ -181,9 +181,12 @@ class NumpyPolicy:
         out = self._forward(obs)
         if self.continuous:
             z = rng.standard_normal(out.shape, dtype=np.float32)
-            actions = out + self.std * z  # (a - mean) / std = z exactly up to rounding
-            log_prob = -0.5 * np.einsum("ij,ij->i", z, z) - self.log_norm
-            return actions, log_prob.astype(np.float32)
+            log_prob = np.einsum("ij,ij->i", z, z)
+            log_prob *= -0.5
+            log_prob -= self.log_norm
+            z *= self.std
+            z += out  # the actions: (a - mean) / std = z exactly up to rounding
+            return z, log_prob
         logits = out - out.max(-1, keepdims=True)
         log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
         cdf = np.cumsum(np.exp(log_probs), -1)

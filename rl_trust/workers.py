@@ -59,6 +59,39 @@ def group_bounds(num_envs: int, groups: int) -> list[tuple[int, int]]:
     return [(int(edges[g]), int(edges[g + 1])) for g in range(groups)]
 
 
+def split_envs(num_envs: int, groups: list[tuple[int, int]], workers: int,
+               learner_envs: int) -> tuple[list[tuple[int, int]], list[list[tuple[int, int]]]]:
+    """Who steps which env: per group, the learner's range and each worker's (all contiguous).
+
+    Every group is split between the learner and the workers, so that within each group's step the
+    learner steps its part while the workers step theirs (the double buffering of the module docstring
+    then keeps both sides busy). ``learner_envs`` is spread over the groups in proportion to their sizes
+    (largest remainders); each group's rest goes to the workers in near-equal shares, the odd envs to
+    the workers with the fewest so far, so every worker has at least one env. Returns ``(learner,
+    per_worker)``: ``learner[g]`` and ``per_worker[w][g]`` are ``(lo, hi)`` global env ranges, empty
+    where ``lo == hi``.
+    """
+    if not 0 <= learner_envs <= num_envs - workers:
+        raise ValueError(f"learner_envs={learner_envs!r} must lie in [0, num_envs - workers = {num_envs - workers}]")
+    sizes = np.array([hi - lo for lo, hi in groups])
+    exact = learner_envs * sizes / num_envs
+    share = np.floor(exact).astype(int)
+    for g in np.argsort(-(exact - share), kind="stable")[: learner_envs - int(share.sum())]:
+        share[g] += 1
+    learner, per_worker, totals = [], [[] for _ in range(workers)], np.zeros(workers, int)
+    for (lo, hi), own in zip(groups, share, strict=True):
+        learner.append((lo, lo + int(own)))
+        rest = hi - lo - int(own)
+        counts = np.full(workers, rest // workers)
+        counts[np.argsort(totals, kind="stable")[: rest % workers]] += 1
+        totals += counts
+        start = lo + int(own)
+        for w in range(workers):
+            per_worker[w].append((start, start + int(counts[w])))
+            start += int(counts[w])
+    return learner, per_worker
+
+
 def _step_arrays(num_envs: int, obs_space: gym.Space) -> tuple[np.ndarray, ...]:
     """obs, final_obs, rewards, terminated, truncated for ``num_envs`` envs."""
     return (np.zeros((num_envs, *obs_space.shape), obs_space.dtype), np.zeros((num_envs, *obs_space.shape),
@@ -134,21 +167,23 @@ class _Shared:
 
 
 def _worker(conn: Connection, buffer, ctrl_buffer, w: int, env_id: str, env_kwargs: dict, num_envs: int,
-            lo: int, hi: int, groups: list[tuple[int, int]]) -> None:
-    """A worker process: steps its envs ``lo:hi`` of a group each time that group's request counter moves."""
+            parts: list[tuple[int, int]]) -> None:
+    """A worker process: steps its part ``parts[g]`` (a global env range) of group ``g`` each time that
+    group's request counter moves."""
     try:
-        envs = EnvGroup(env_id, hi - lo, **env_kwargs)
+        ids = np.concatenate([np.arange(lo, hi) for lo, hi in parts])  # its envs, by global index
+        envs = EnvGroup(env_id, len(ids), **env_kwargs)
         sh = _Shared(buffer, num_envs, envs.single_observation_space, envs.single_action_space)
         ctrl = np.frombuffer(ctrl_buffer, np.int64)
-        num_groups = len(groups)
+        num_groups = len(parts)
         requests, acks = ctrl[:num_groups], ctrl[num_groups:].reshape(-1, num_groups)[w]
-        # Per group, this worker's part of it: (start, stop) in its own envs and the rows it writes.
-        parts = []
-        for g_lo, g_hi in groups:
-            a, b = max(g_lo, lo), min(g_hi, hi)
-            parts.append(None if a >= b else (a - lo, b - lo, sh.actions[a:b],
+        # Per group: (start, stop) in its own envs, the actions to read and the rows to write.
+        steps, start = [], 0
+        for a, b in parts:
+            steps.append(None if a >= b else (start, start + b - a, sh.actions[a:b],
                                               (sh.obs[a:b], sh.final_obs[a:b], sh.rewards[a:b],
                                                sh.terminated[a:b], sh.truncated[a:b])))
+            start += b - a
         conn.send_bytes(b"ok")
         done = [int(r) for r in requests]
         idle_since = time.perf_counter()
@@ -157,7 +192,7 @@ def _worker(conn: Connection, buffer, ctrl_buffer, w: int, env_id: str, env_kwar
             for g in range(num_groups):  # in order: with every group requested, group 0 goes first
                 if requests[g] != done[g]:  # the learner wrote the actions, then bumped the counter
                     done[g] = int(requests[g])
-                    part = parts[g]
+                    part = steps[g]
                     if part is not None:
                         envs.step(part[2], *part[3], start=part[0], stop=part[1])
                     acks[g] = done[g]
@@ -173,7 +208,7 @@ def _worker(conn: Connection, buffer, ctrl_buffer, w: int, env_id: str, env_kwar
             cmd = conn.recv_bytes()
             if cmd[:1] == _RESET:
                 seed = int(cmd[1:]) if len(cmd) > 1 else None
-                sh.obs[lo:hi] = envs.reset(seed=None if seed is None else seed + lo)
+                sh.obs[ids] = envs.reset(seed=None if seed is None else seed, ids=ids)
             elif cmd == _CLOSE:
                 envs.close()
                 conn.send_bytes(b"bye")
@@ -200,16 +235,12 @@ class ParallelEnvs:
                               f"{num_envs - 1}]")
         env_kwargs = dict(env_kwargs or {})
         if learner_envs is None:  # an equal share for the learner and each worker
-            bounds = np.linspace(0, num_envs, workers + 2).round().astype(int)
-        elif 0 <= learner_envs <= num_envs - workers:  # the learner steps that many, the workers share the rest
-            rest = np.linspace(learner_envs, num_envs, workers + 1).round().astype(int)
-            bounds = np.concatenate([[0], rest])
-        else:
-            raise ValueError(f"learner_envs={learner_envs!r}: None (an equal share) or in [0, {num_envs - workers}]")
-        self.local_hi = int(bounds[1])
-        # The learner's slice (a vector env of its envs), or one unstepped env for the spaces when it has none.
-        probe = EnvGroup(env_id, max(self.local_hi, 1), **env_kwargs)
-        self.local = probe if self.local_hi > 0 else None
+            learner_envs = round(num_envs / (workers + 1))
+        self.local_parts, worker_parts = split_envs(num_envs, self.groups, workers, learner_envs)
+        self.local_ids = np.concatenate([np.arange(lo, hi) for lo, hi in self.local_parts])
+        # The learner's envs (stepped in step_async), or one unstepped env for the spaces when it has none.
+        probe = EnvGroup(env_id, max(learner_envs, 1), **env_kwargs)
+        self.local = probe if learner_envs > 0 else None
         self.num_envs = num_envs
         self.single_observation_space = probe.single_observation_space
         self.single_action_space = probe.single_action_space
@@ -225,19 +256,19 @@ class ParallelEnvs:
         self.ctrl = np.frombuffer(self._ctrl_buffer, np.int64)
         self._requests = self.ctrl[:num_groups]
         self._acks = self.ctrl[num_groups:].reshape(workers, num_groups)
-        # Per group: the workers with envs in it (the ones to wait for) and the learner's own part.
-        bounds_w = [(int(bounds[w + 1]), int(bounds[w + 2])) for w in range(workers)]
-        self._waiting = [[w for w, (lo, hi) in enumerate(bounds_w) if max(lo, g_lo) < min(hi, g_hi)]
-                         for g_lo, g_hi in self.groups]
-        self._local_parts = [(g_lo, min(g_hi, self.local_hi)) for g_lo, g_hi in self.groups]
+        # Per group: the workers with envs in it (the ones to wait for); where the learner's part of it
+        # starts among its own envs.
+        self._waiting = [[w for w in range(workers) if worker_parts[w][g][0] < worker_parts[w][g][1]]
+                         for g in range(num_groups)]
+        sizes = [hi - lo for lo, hi in self.local_parts]
+        self._local_start = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
         self._last_check = 0.0  # when the workers were last checked for errors (perf_counter)
         self.procs, self.conns = [], []
         try:
             for w in range(workers):
                 parent, child = ctx.Pipe()
-                lo, hi = int(bounds[w + 1]), int(bounds[w + 2])
                 proc = ctx.Process(target=_worker, args=(child, self._buffer, self._ctrl_buffer, w, env_id,
-                                                         env_kwargs, num_envs, lo, hi, self.groups),
+                                                         env_kwargs, num_envs, worker_parts[w]),
                                    daemon=True, name=f"rl_trust-rollout-{w}")
                 proc.start()
                 child.close()
@@ -288,7 +319,7 @@ class ParallelEnvs:
     def reset(self, seed: int | None) -> np.ndarray:
         self._broadcast(_RESET + (b"" if seed is None else str(seed).encode()))
         if self.local is not None:
-            self.sh.obs[: self.local_hi] = self.local.reset(seed=seed)
+            self.sh.obs[self.local_ids] = self.local.reset(seed=seed, ids=self.local_ids)
         for w in range(len(self.conns)):
             self._wait(w)
         return self.sh.obs.copy()
@@ -313,10 +344,11 @@ class ParallelEnvs:
         g_lo, g_hi = self.groups[group]
         sh.actions[g_lo:g_hi] = actions
         self._requests[group] += 1  # one aligned 8-byte store, after the actions
-        lo, hi = self._local_parts[group]
+        lo, hi = self.local_parts[group]
         if lo < hi:
+            start = self._local_start[group]
             self.local.step(actions[: hi - lo], sh.obs[lo:hi], sh.final_obs[lo:hi], sh.rewards[lo:hi],
-                            sh.terminated[lo:hi], sh.truncated[lo:hi], start=lo, stop=hi)
+                            sh.terminated[lo:hi], sh.truncated[lo:hi], start=start, stop=start + hi - lo)
 
     def step_wait(self, idle: Callable[[], bool] | None = None, group: int | None = None) -> StepResult:
         """Wait for the workers' parts of ``group``'s step (every group's if None) begun by
@@ -390,3 +422,23 @@ def make_envs(env_id: str, num_envs: int, workers: int, env_kwargs: dict | None 
 def resolve_env_groups(groups: int | str, num_envs: int) -> int:
     """``auto``: two groups (double buffering) where there are at least two envs, else one."""
     return min(2, num_envs) if groups == "auto" else groups
+
+
+def resolve_learner_envs(learner_envs: int | str, num_envs: int, workers: int, groups: int,
+                         overlap_critic: bool) -> int:
+    """How many envs the learner steps beside ``workers`` worker processes (``rollout.learner_envs``).
+
+    ``auto``: 0 when the critic overlaps the rollout (the learner's waits are its time), else an equal
+    share less one env per group: the learner also carries every group's statistics, policy query and
+    recording (on the 2-core development machine ~55-70 µs per group, about one HalfCheetah env step),
+    so an equal share would leave the workers waiting for it (docs/benchmarks.md, sampling splits).
+    """
+    if workers == 0:
+        return num_envs
+    if learner_envs == "auto":
+        return 0 if overlap_critic else max(0, round(num_envs / (workers + 1)) - groups)
+    if (isinstance(learner_envs, bool) or not isinstance(learner_envs, int)
+            or not 0 <= learner_envs <= num_envs - workers):
+        raise ConfigError(f"rollout.learner_envs={learner_envs!r} is invalid: 'auto' or a count in [0, env.num_envs - "
+                          f"rollout.workers = {num_envs - workers}] (each worker steps at least one env)")
+    return learner_envs

@@ -13,7 +13,9 @@ observation and reward normalisation on, Adam critic. TRPO: max_kl 0.01, 15 CG i
 0.1, 10 line-search steps of 0.8, critic 10 epochs of 128-sample minibatches at lr 1e-3. PPO: 10
 epochs of 64-sample minibatches, lr 3e-4, clip 0.2 (SB3 updates actor and critic in one loss; rl_trust
 runs the same number of actor and critic steps). Also: the raw simulator rate (random actions,
-SyncVectorEnv, no policy) and rl_trust's sampling rate (collect() alone) with and without workers.
+SyncVectorEnv, no policy) and rl_trust's sampling rate (collect() alone) with and without workers (in process: one
+env group; with workers: the defaults of training without the critic overlap, two env groups, the learner stepping
+an equal share less one env per group).
 """
 
 from __future__ import annotations
@@ -55,9 +57,13 @@ def child(spec: dict) -> dict:
         from rl_trust.normalization import ObsNormalizer, RewardScaler
         from rl_trust.policies import Actor
         from rl_trust.rollout import RolloutWorker
-        from rl_trust.workers import make_envs
+        from rl_trust.workers import make_envs, resolve_env_groups, resolve_learner_envs
 
-        envs = make_envs(env_id, n, spec["workers"])
+        # In process: one group, the fastest single-process loop. With workers: what training with
+        # rollout.overlap_critic=false runs by default (env_groups and learner_envs auto).
+        groups = resolve_env_groups("auto", n) if spec["workers"] else 1
+        learner_envs = resolve_learner_envs("auto", n, spec["workers"], groups, overlap_critic=False)
+        envs = make_envs(env_id, n, spec["workers"], learner_envs=learner_envs, groups=groups)
         actor = Actor(envs.single_observation_space.shape[0], envs.single_action_space, [64, 64], "tanh")
         worker = RolloutWorker(envs, actor, ObsNormalizer(envs.single_observation_space.shape),
                                RewardScaler(n, 0.99), t, seed=0)

@@ -8,7 +8,7 @@ from rl_trust.errors import ConfigError
 from rl_trust.normalization import ObsNormalizer, RewardScaler
 from rl_trust.policies import Actor
 from rl_trust.rollout import RolloutWorker
-from rl_trust.workers import InProcessEnvs, ParallelEnvs, StepResult
+from rl_trust.workers import InProcessEnvs, ParallelEnvs, StepResult, group_bounds, resolve_learner_envs, split_envs
 
 
 class CounterEnv(gym.Env):
@@ -99,7 +99,7 @@ def _collect(envs, seed=0):
         envs.close()
 
 
-@pytest.mark.parametrize("groups, workers, learner_envs", [(1, 2, None), (2, 1, 0), (2, 2, None), (3, 2, 1),
+@pytest.mark.parametrize("groups, workers, learner_envs", [(1, 2, None), (2, 1, 0), (2, 2, None), (3, 2, 1), (2, 1, 3),
                                                            (5, 1, 0)])
 def test_worker_processes_give_the_same_batches_as_in_process(groups, workers, learner_envs):
     # HalfCheetah with a 30-step limit: episodes end inside the rollout, on every slice; groups that
@@ -112,6 +112,39 @@ def test_worker_processes_give_the_same_batches_as_in_process(groups, workers, l
     for a, b in zip(ref, par, strict=True):
         for name, x in a.flat().items():
             assert torch.equal(x, b.flat()[name]), name
+
+
+@pytest.mark.parametrize("num_envs, groups, workers, learner_envs", [
+    (16, 2, 1, 6), (16, 1, 1, 8), (5, 3, 2, 1), (7, 2, 3, 0), (4, 2, 2, 2), (9, 4, 2, 5), (3, 3, 2, 1)])
+def test_split_envs_covers_every_env_once_and_shares_fairly(num_envs, groups, workers, learner_envs):
+    bounds = group_bounds(num_envs, groups)
+    learner, per_worker = split_envs(num_envs, bounds, workers, learner_envs)
+    owner = np.full(num_envs, -2)
+    for g, (lo, hi) in enumerate(bounds):
+        parts = [learner[g]] + [per_worker[w][g] for w in range(workers)]
+        assert parts[0][0] == lo and parts[-1][1] == hi  # contiguous, in order, inside the group
+        assert all(a[1] == b[0] for a, b in zip(parts, parts[1:], strict=False))
+        for who, (a, b) in enumerate(parts):
+            assert (owner[a:b] == -2).all()
+            owner[a:b] = who - 1
+    assert (owner >= -1).all()
+    assert (owner == -1).sum() == learner_envs
+    counts = np.bincount(owner[owner >= 0], minlength=workers)
+    assert counts.min() >= 1 and counts.max() - counts.min() <= 1
+    shares = [hi - lo for lo, hi in learner]  # proportional to the group sizes, within one env
+    exact = [learner_envs * (hi - lo) / num_envs for lo, hi in bounds]
+    assert all(abs(s - e) < 1 for s, e in zip(shares, exact, strict=True))
+
+
+def test_learner_envs_auto_and_bad_values():
+    assert resolve_learner_envs("auto", 16, 1, 2, overlap_critic=True) == 0
+    assert resolve_learner_envs("auto", 16, 1, 2, overlap_critic=False) == 6
+    assert resolve_learner_envs("auto", 16, 3, 1, overlap_critic=False) == 3
+    assert resolve_learner_envs("auto", 2, 1, 2, overlap_critic=False) == 0
+    assert resolve_learner_envs(5, 16, 0, 2, overlap_critic=False) == 16  # in process: all of them
+    for bad in (-1, 16, 2.0, True, "six"):
+        with pytest.raises(ConfigError, match=f"rollout.learner_envs={bad!r}"):
+            resolve_learner_envs(bad, 16, 1, 2, overlap_critic=False)
 
 
 def test_bad_group_counts_are_named():

@@ -53,6 +53,10 @@ def test_misspelt_key_fails_at_compose_time():
     (["rollout.env_groups=0"], "rollout.env_groups"),
     (["env.num_envs=2", "rollout.env_groups=3"], "rollout.env_groups"),
     (["rollout.env_groups=two"], "rollout.env_groups"),
+    (["rollout.learner_envs=-1"], "rollout.learner_envs"),
+    (["env.num_envs=4", "rollout.learner_envs=4"], "rollout.learner_envs"),
+    (["rollout.learner_envs=half"], "rollout.learner_envs"),
+    (["env.num_envs=4", "rollout.workers=2", "rollout.learner_envs=3"], "rollout.learner_envs"),
 ])
 def test_bad_values_raise_config_error_naming_the_key(overrides, key, tmp_path):
     cfg = make_cfg("env=Pendulum", *overrides)
@@ -132,7 +136,8 @@ def test_critic_overlapping_the_rollout_changes_nothing(algo, tmp_path, monkeypa
     short += () if algo == "trpo" else ("algo.minibatch_size=40",)
     runs = {"sequential": ("rollout.workers=0",), "overlap": ("rollout.workers=1", "rollout.overlap_critic=true"),
             "workers, no overlap": ("rollout.workers=1", "rollout.overlap_critic=false"),
-            "overlap, 2 workers": ("rollout.workers=2",)}
+            "overlap, 2 workers": ("rollout.workers=2",),
+            "learner steps 3 of 4": ("rollout.workers=1", "rollout.learner_envs=3")}
     results = {name: run(make_cfg("env=Pendulum", *tiny(*short, *extra, algo=algo)), tmp_path / str(i))
                for i, (name, extra) in enumerate(runs.items())}
     assert sum(background_steps) > 0  # critic steps did run while the workers stepped
