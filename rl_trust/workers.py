@@ -1,8 +1,9 @@
 """Environment stepping in-process or across worker processes, behind one small interface.
 
-``ParallelEnvs`` splits ``num_envs`` environments into ``workers + 1`` slices: the learner steps
-the first slice itself while each worker process steps one of the others, many envs per process
-(not one process per env: on MuJoCo an inter-process message costs more than a simulator step).
+``ParallelEnvs`` splits ``num_envs`` environments between the learner and ``workers`` processes:
+the learner steps ``learner_envs`` of them itself while each worker process steps a share of the
+rest, many envs per process (not one process per env: on MuJoCo an inter-process message costs
+more than a simulator step); every env group (below) is split that way (:func:`split_envs`).
 With ``learner_envs=0`` the workers step every env and the learner spends the wait on background
 work, such as the critic's update of the previous batch (``step_wait(idle=...)``); a step can be
 split into ``step_async`` (actions out) and ``step_wait`` so the learner works meanwhile.
