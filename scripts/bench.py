@@ -157,13 +157,16 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=10)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--sampling-envs", type=int, default=16)
+    p.add_argument("--sampling-repeats", type=int, default=3,
+                   help="sampling measurements per round, in-process and with workers alternating (each ~2 s: "
+                        "more pairs make the ratio less sensitive to the machine's bursts)")
     p.add_argument("--only", nargs="+", default=["sim", "sampling", "trpo", "ppo"],
                    choices=["sim", "sampling", "trpo", "ppo"])
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
-    for key in ("num_envs", "steps_per_env", "updates", "rounds", "sampling_envs"):
+    for key in ("num_envs", "steps_per_env", "updates", "rounds", "sampling_envs", "sampling_repeats"):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')}={getattr(args, key)} must be >= 1")
     base = dict(env=args.env, num_envs=args.num_envs, steps_per_env=args.steps_per_env, updates=args.updates)
@@ -186,12 +189,20 @@ def main() -> None:
         if sb3:
             rows[f"{algo} SB3"] = base | {"kind": "sb3", "algo": algo}
     results: dict[str, list[dict]] = {k: [] for k in rows}
+    sampling = [name for name in rows if name.startswith("sampling")]
     for r in range(args.rounds):
-        for name, spec in rows.items():
-            results[name].append(measure(spec))
-            print(f"round {r + 1}/{args.rounds}  {name}: {results[name][-1]['sps']:.0f} steps/s", file=sys.stderr)
+        for name in rows:
+            if name in sampling[1:]:
+                continue  # measured with the first sampling row: in-process, workers, in-process, ...
+            together, repeats = (sampling, args.sampling_repeats) if name in sampling else ([name], 1)
+            for _ in range(repeats):
+                for each in together:
+                    results[each].append(measure(rows[each]))
+                    print(f"round {r + 1}/{args.rounds}  {each}: {results[each][-1]['sps']:.0f} steps/s",
+                          file=sys.stderr)
     print(f"\n{args.env}, {args.num_envs} envs x {args.steps_per_env} steps, {args.updates} updates, "
-          f"median of {args.rounds} rounds, 1 torch thread, {os.cpu_count()} CPUs")
+          f"median of {args.rounds} rounds ({args.rounds * args.sampling_repeats} measurements for the sampling "
+          f"rows), 1 torch thread, {os.cpu_count()} CPUs")
     print(f"{'measurement':45s} {'steps/s':>9s} {'peak RSS MiB':>13s}")
     med = {}
     for name, res in results.items():
@@ -210,7 +221,9 @@ def main() -> None:
                 print(f"{name} / raw simulator = {med[name] / sim:.2f}")
     keys = [k for k in med if k.startswith("sampling")]
     if len(keys) == 2:
-        print(f"sampling: {keys[1].split(', ')[-1]} / in-process = {med[keys[1]] / med[keys[0]]:.2f}x")
+        pairs = [b["sps"] / a["sps"] for a, b in zip(results[keys[0]], results[keys[1]], strict=True)]
+        print(f"sampling: {keys[1].split(', ')[-1]} / in-process = {med[keys[1]] / med[keys[0]]:.2f}x "
+              f"(per pair: {', '.join(f'{x:.2f}' for x in pairs)})")
 
 
 if __name__ == "__main__":
