@@ -209,7 +209,7 @@ def _worker(conn: Connection, buffer, ctrl_buffer, w: int, env_id: str, env_kwar
             cmd = conn.recv_bytes()
             if cmd[:1] == _RESET:
                 seed = int(cmd[1:]) if len(cmd) > 1 else None
-                sh.obs[ids] = envs.reset(seed=None if seed is None else seed, ids=ids)
+                sh.obs[ids] = envs.reset(seed=seed, ids=ids)
             elif cmd == _CLOSE:
                 envs.close()
                 conn.send_bytes(b"bye")
