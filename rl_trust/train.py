@@ -66,9 +66,11 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, float]:
     learner_envs = resolve_learner_envs(cfg.rollout.learner_envs, cfg.env.num_envs, workers, groups,
                                         cfg.rollout.overlap_critic)
     with contextlib.ExitStack() as cleanup:
-        # numpy's BLAS (the rollout's policy, the critic's minibatch steps) takes the same thread count:
-        # left at its default (one thread per core) it spins up the cores the rollout workers step envs on.
-        cleanup.enter_context(threadpool_limits(limits=cfg.torch_threads, user_api="blas"))
+        # numpy's BLAS runs one thread whatever torch_threads is: numpy only does small products here (the
+        # rollout's policy on a few observations per step, the critic's minibatch steps), where a second
+        # OpenBLAS thread costs far more than it gives (torch_threads=2 with it: ~10x slower runs on the
+        # 2-core development machine) and spins on the cores the rollout workers step envs on.
+        cleanup.enter_context(threadpool_limits(limits=1, user_api="blas"))
         envs = make_envs(cfg.env.id, cfg.env.num_envs, workers, dict(cfg.env.kwargs), learner_envs, groups)
         cleanup.callback(envs.close)  # also on error: worker processes end with the run
         return _train(cfg, out_dir, envs, make_optimizer, device)

@@ -182,3 +182,25 @@ def test_cli_run_and_multirun(tmp_path):
     proc = run_cli("-m", "env=CartPole", *tiny(), "seed=0,1", "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert len(list(Path(tmp_path, "sweep").glob("*/metrics.json"))) == 2
+
+
+def test_numpy_blas_runs_one_thread_during_a_run_whatever_torch_threads(tmp_path, monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from rl_trust.rollout import RolloutWorker
+
+    seen, collect = [], RolloutWorker.collect
+
+    def recording_collect(self, *args, **kwargs):
+        seen.extend(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+        return collect(self, *args, **kwargs)
+
+    monkeypatch.setattr(RolloutWorker, "collect", recording_collect)
+    before = torch.get_num_threads()
+    try:
+        run(make_cfg("env=Pendulum", *tiny("total_steps=400", "env.num_envs=2", "rollout.steps_per_env=100",
+                                           "torch_threads=2")), tmp_path)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}  # numpy's BLAS was found and held at one thread
