@@ -75,6 +75,13 @@ def main() -> None:
         return
     if args.num_envs < 2 or args.rounds < 1:
         p.error(f"--num-envs={args.num_envs} must be >= 2 and --rounds={args.rounds} >= 1")
+    from rl_trust.envs import check_env_id
+    from rl_trust.errors import ConfigError
+
+    try:
+        check_env_id(args.env)
+    except ConfigError as e:
+        p.error(f"--env: {e}")
     specs = [(args.env, args.num_envs, args.num_envs, 1)]
     for split in args.splits:
         try:
