@@ -1,4 +1,4 @@
-"""RolloutBatch: the one typed object a rollout travels in, from the workers to the updaters."""
+"""RolloutBatch: the one typed object a rollout travels in, from the collector to the updaters."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ class RolloutBatch:
     obs: Tensor
     next_obs: Tensor
     actions: Tensor
-    log_probs: Tensor
     rewards: Tensor
     terminated: Tensor
     truncated: Tensor
@@ -56,7 +55,9 @@ class RolloutBatch:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-def minibatch_indices(n: int, minibatch_size: int, generator: torch.Generator | None = None) -> list[Tensor]:
-    """A random permutation of ``range(n)`` cut into ``n // minibatch_size`` equal minibatches."""
-    perm = torch.randperm(n, generator=generator)
-    return list(perm[: n - n % minibatch_size].split(minibatch_size))
+def minibatch_indices(n: int, minibatch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """A random permutation of ``range(n)`` cut into minibatches of ``minibatch_size`` (0: one of all),
+    which must divide ``n`` (the config checks it): no sample is silently dropped."""
+    if minibatch_size and n % minibatch_size:
+        raise ValueError(f"minibatch_size={minibatch_size} does not divide the batch size {n}")
+    return list(torch.randperm(n, generator=generator).split(minibatch_size or n))

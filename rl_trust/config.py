@@ -14,8 +14,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from rl_trust.errors import ConfigError
+from rl_trust.nets import ACTIVATIONS
+from rl_trust.workers import resolve_workers
 
-ACTIVATIONS = ("tanh", "relu", "elu")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -35,8 +36,7 @@ class RolloutConfig:
     steps_per_env: int = 256
     # 0: step every env in the learner process; N: N worker processes plus the learner, each stepping
     # a slice of the envs; auto (default): one worker per spare core (at most env.num_envs - 1; none on
-    # one core). Batches are the same either way; on the 2-core development machine one worker makes
-    # the shipped TRPO config 20-26% faster end to end (docs/benchmarks.md).
+    # one core). Batches are the same either way (docs/benchmarks.md has the speed-ups).
     workers: Any = "auto"
     # With workers >= 1: the workers step every env and the learner runs the critic's update of the
     # previous batch while it waits for them (same results, see rl_trust/train.py). No effect with 0.
@@ -66,11 +66,11 @@ class CriticConfig:
     activation: str = "tanh"
     ortho_init: bool = True
     epochs: int = 10
-    minibatch_size: int = 64  # 0: the whole batch in one step
+    minibatch_size: int = 64  # 0: the whole batch in one step; else it must divide the batch
     max_grad_norm: float | None = 0.5
     clip_range: float | None = None
     lr_anneal: bool = True
-    # A preset name (see rl_trust.critic_optim.PRESETS) or a dict with ``_target_`` (any optimizer class).
+    # A preset name (rl_trust.critic.PRESETS) or a dict with ``_target_`` (any torch.optim.Optimizer class).
     optim: Any = "arturo"
     lr: float | None = None  # the optimizer's lr (arTuRO: its KL bound); None: the preset's
     # Further arguments over the preset's (add new ones with a leading +: +critic.optim_kwargs.eps=1e-8).
@@ -86,7 +86,7 @@ class PPOConfig:
     clip_range: float = 0.2
     ent_coef: float = 0.0
     max_grad_norm: float | None = 0.5
-    target_kl: float | None = None
+    target_kl: float | None = None  # stop the epochs once a minibatch's approximate KL exceeds 1.5x this
     normalize_advantages: bool = True
     lr_anneal: bool = True
 
@@ -112,7 +112,7 @@ class KLPenaltyConfig:
     lr: float = 3e-4
     epochs: int = 10
     minibatch_size: int = 64
-    kl_target: float = 0.01
+    target_kl: float = 0.01  # β doubles when the update's KL exceeds 1.5x this, halves below it / 1.5
     beta: float = 1.0  # initial β (the only β when adaptive is false)
     adaptive: bool = True
     beta_min: float = 1e-4
@@ -122,6 +122,14 @@ class KLPenaltyConfig:
     max_grad_norm: float | None = 0.5
     normalize_advantages: bool = True
     lr_anneal: bool = True
+
+
+@dataclass
+class TunedConfig:
+    """Set by the file configs/tuned/<algo>_<env group>.yaml that applied, if any."""
+
+    file: str | None = None
+    env_id: str | None = None  # the task it was tuned for
 
 
 @dataclass
@@ -140,6 +148,7 @@ class Config:
     eval_episodes: int = 10
     checkpoint: bool = True
     progress: bool = True
+    tuned: TunedConfig = field(default_factory=TunedConfig)
 
 
 ALGO_SCHEMAS: dict[str, type] = {"ppo": PPOConfig, "trpo": TRPOConfig, "kl_penalty": KLPenaltyConfig}
@@ -176,28 +185,30 @@ def in_range(cfg: DictConfig, key: str, low: float, high: float, *, closed: bool
     _require(ok, key, value, f"must lie in {bounds}")
 
 
+def _count(cfg: DictConfig, key: str, low: int, high: int) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value != "auto":
+        _require(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high, key, value,
+                 f"'auto' or a count in [{low}, {high}]")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check every value range and cross-field constraint; raise ConfigError naming the key."""
     algo = OmegaConf.select(cfg, "algo.name")
     _require(algo in ALGO_SCHEMAS, "algo", algo, f"allowed: {', '.join(sorted(ALGO_SCHEMAS))}")
     _require(cfg.device in DEVICES, "device", cfg.device, f"allowed: {', '.join(DEVICES)}")
+    tuned = cfg.tuned
+    _require(tuned.env_id is None or tuned.env_id == cfg.env.id, "env.id", cfg.env.id,
+             f"configs/tuned/{tuned.file}.yaml applied, which was tuned for {tuned.env_id}: add ~tuned to train "
+             f"{cfg.env.id} with the generic defaults, or select its env group (env=...)")
     for key in ("total_steps", "env.num_envs", "rollout.steps_per_env", "torch_threads", "eval_episodes",
                 "critic.epochs", "env.obs_clip", "env.reward_clip"):
         positive(cfg, key)
-    positive(cfg, "critic.minibatch_size", allow_zero=True)
-    workers = cfg.rollout.workers
-    if workers != "auto":
-        _require(isinstance(workers, int) and not isinstance(workers, bool) and 0 <= workers < cfg.env.num_envs,
-                 "rollout.workers", workers, f"'auto' or a count in [0, env.num_envs - 1 = {cfg.env.num_envs - 1}]")
-    groups = cfg.rollout.env_groups
-    if groups != "auto":
-        _require(isinstance(groups, int) and not isinstance(groups, bool) and 1 <= groups <= cfg.env.num_envs,
-                 "rollout.env_groups", groups, f"'auto' or a count in [1, env.num_envs = {cfg.env.num_envs}]")
-    learner_envs = cfg.rollout.learner_envs
-    if learner_envs != "auto":
-        _require(isinstance(learner_envs, int) and not isinstance(learner_envs, bool)
-                 and 0 <= learner_envs < cfg.env.num_envs, "rollout.learner_envs", learner_envs,
-                 f"'auto' or a count in [0, env.num_envs - 1 = {cfg.env.num_envs - 1}]")
+    num_envs = cfg.env.num_envs
+    _count(cfg, "rollout.workers", 0, num_envs - 1)
+    _count(cfg, "rollout.env_groups", 1, num_envs)
+    workers = resolve_workers(cfg.rollout.workers, num_envs)
+    _count(cfg, "rollout.learner_envs", 0, num_envs - max(workers, 1))  # each worker steps at least one env
     for key in ("gamma", "gae_lambda"):
         in_range(cfg, key, 0.0, 1.0, closed=True)
     for net in ("policy", "critic"):
@@ -208,9 +219,11 @@ def validate(cfg: DictConfig) -> None:
                  "must be a list of positive layer widths")
     optional_positive(cfg, "critic.max_grad_norm")
     optional_positive(cfg, "critic.clip_range")
-    batch = cfg.env.num_envs * cfg.rollout.steps_per_env
-    _require(cfg.critic.minibatch_size <= batch, "critic.minibatch_size", cfg.critic.minibatch_size,
-             f"must be at most the batch size env.num_envs * rollout.steps_per_env = {batch}")
+    batch = num_envs * cfg.rollout.steps_per_env
+    positive(cfg, "critic.minibatch_size", allow_zero=True)
+    mb = cfg.critic.minibatch_size
+    _require(mb == 0 or batch % mb == 0, "critic.minibatch_size", mb,
+             f"0 (the whole batch) or a divisor of the batch size env.num_envs * rollout.steps_per_env = {batch}")
     _require(cfg.total_steps >= batch, "total_steps", cfg.total_steps,
              f"must be at least one batch (env.num_envs * rollout.steps_per_env = {batch})")
     VALIDATORS[algo](cfg, batch)
@@ -234,7 +247,7 @@ def _validate_ppo(cfg: DictConfig, batch: int) -> None:
 
 def _validate_kl_penalty(cfg: DictConfig, batch: int) -> None:
     _validate_minibatch_algo(cfg, batch)
-    positive(cfg, "algo.kl_target")
+    positive(cfg, "algo.target_kl")
     optional_positive(cfg, "algo.clip_range")
     for key in ("algo.beta", "algo.beta_min"):
         positive(cfg, key, allow_zero=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -12,9 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from rl_trust.batch import RolloutBatch, minibatch_indices
+from rl_trust.config import CriticConfig
 from rl_trust.errors import ConfigError
-from rl_trust.mlp_grad import MLPGrad
-from rl_trust.policies import ValueNet
+from rl_trust.nets import MLP, backward, forward
+from rl_trust.optim.schedule import linear_decay
 
 # Named critic optimizers: ``critic.optim=NAME``; ``critic.optim_kwargs.KEY=...`` overrides an argument.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -23,15 +24,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "sgd": {"_target_": "torch.optim.SGD", "lr": 1e-2, "momentum": 0.9},
 }
 
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
-
-def optimizer_factory(optim: str | Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> OptimizerFactory:
-    """Resolve ``critic.optim`` (a preset name or a ``{_target_: class, **kwargs}`` mapping).
-
-    The optimizer is built once on a dummy parameter so that a bad class or argument fails here,
-    at start-up, with the key named, not after the first rollout.
-    """
+def make_optimizer(cfg: CriticConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer ``critic.optim`` names (a preset or a ``{_target_: class, **kwargs}`` mapping), with
+    ``critic.lr`` and ``critic.optim_kwargs`` over its arguments; a bad class or argument is a
+    :class:`ConfigError` naming the key."""
+    optim = cfg.optim
     if isinstance(optim, str):
         if optim not in PRESETS:
             raise ConfigError(f"critic.optim={optim!r} is invalid: allowed: {', '.join(sorted(PRESETS))}, "
@@ -41,7 +39,7 @@ def optimizer_factory(optim: str | Mapping[str, Any], overrides: Mapping[str, An
         spec = dict(optim)
     else:
         raise ConfigError(f"critic.optim={optim!r} is invalid: a preset name or a mapping with _target_")
-    spec.update(overrides or {})
+    spec |= dict(cfg.optim_kwargs) | ({} if cfg.lr is None else {"lr": cfg.lr})
     target = spec.pop("_target_")
     module_name, _, attr = str(target).rpartition(".")
     try:
@@ -51,10 +49,9 @@ def optimizer_factory(optim: str | Mapping[str, Any], overrides: Mapping[str, An
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise ConfigError(f"critic.optim._target_={target!r} is not a torch.optim.Optimizer subclass")
     try:
-        cls([nn.Parameter(torch.zeros(1))], **spec)
+        return cls(params, **spec)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"critic.optim={target} rejects its arguments {spec}: {e}") from None
-    return lambda params: cls(params, **spec)
 
 
 def explained_variance(pred: Tensor, target: Tensor) -> float:
@@ -63,153 +60,90 @@ def explained_variance(pred: Tensor, target: Tensor) -> float:
     return float("nan") if var == 0 else float(1 - (target - pred).var() / var)
 
 
+def value_loss(values, returns, old_values, clip_range: float | None, xp) -> tuple[Any, Any]:
+    """½ mean (V − R)², with PPO2-style value clipping when ``clip_range`` (Engstrom et al. 2020 found it
+    rarely helps; off by default), and its gradient with respect to ``values``; numpy or torch (``xp``)."""
+    n = len(values)
+    diff = values - returns
+    if clip_range is None:
+        return 0.5 * (diff * diff).sum() / n, diff / n
+    step = values - old_values
+    diff_clipped = old_values + xp.clip(step, -clip_range, clip_range) - returns
+    sq, sq_clipped = diff * diff, diff_clipped * diff_clipped
+    # max's gradient: to the larger branch, half to each on a tie; the clipped one only inside the range.
+    w = xp.where(sq > sq_clipped, 1.0, xp.where(sq < sq_clipped, 0.0, 0.5))
+    grad = (w * diff + (1 - w) * diff_clipped * (abs(step) <= clip_range)) / n
+    return 0.5 * xp.maximum(sq, sq_clipped).sum() / n, grad
+
+
 class Critic:
     """Fits ``V(obs)`` to the GAE returns by minibatch regression.
 
-    ``make_optimizer(params)`` builds the optimizer (arTuRO, Adam or any ``torch.optim`` class).
-    The value net and optimizer state live on ``device``; a batch's observations cross to it once
-    per update (:meth:`evaluate` keeps the device copy for :meth:`update`). Minibatches are drawn
-    from the critic's own generator (seeded by ``seed``), so the update gives the same result
-    wherever it runs: all at once (:meth:`update`) or interleaved with the next rollout
-    (:meth:`update_steps`).
+    The value net and optimizer state live on ``device``. On the CPU the minibatch steps run the
+    network in numpy on views of the parameters (:mod:`rl_trust.nets`; numpy's per-call cost is a
+    fraction of torch's at these sizes), elsewhere in torch: the same functions either way.
+    Minibatches come from the critic's own generator, so an update gives the same result whenever
+    it runs: all at once or step by step beside the next rollout (:meth:`start_update`).
     """
 
-    def __init__(self, net: ValueNet, make_optimizer: OptimizerFactory, *, epochs: int,
-                 minibatch_size: int, max_grad_norm: float | None = None, clip_range: float | None = None,
-                 total_updates: int = 0, lr_anneal: bool = False, device: torch.device | str = "cpu",
-                 seed: int | None = None, manual_grad: bool = True):
-        self.device = torch.device(device)
-        self.net = net.to(self.device)
-        self.optimizer = make_optimizer(self.net.parameters())
-        self.epochs, self.minibatch_size = epochs, minibatch_size
-        self.max_grad_norm, self.clip_range = max_grad_norm, clip_range
-        self.scheduler = None
-        if lr_anneal and total_updates > 0:
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer, lambda k: max(1.0 - k / total_updates, 0.0))
-        self._cache: tuple[Tensor, Tensor] | None = None
-        self.generator = torch.Generator()
-        if seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(seed)
-        self.last_metrics: dict[str, float] = {}
-        # The value net's gradient written out by hand (rl_trust.mlp_grad) where it is a plain MLP and
-        # the loss the plain squared error; autograd otherwise. Same gradients, a fraction of the time.
-        self._manual = MLPGrad(net.net) if manual_grad and MLPGrad.supports(net.net) else None
-        self._grad_buffers: list[Tensor] | None = None  # the numpy path's .grad tensors (and their arrays)
-        self._grad_arrays: list[np.ndarray] = []
+    def __init__(self, obs_dim: int, cfg: CriticConfig, *, total_updates: int, device: torch.device | str = "cpu",
+                 seed: int = 0):
+        self.cfg, self.device = cfg, torch.device(device)
+        self.net = MLP([obs_dim, *cfg.hidden, 1], cfg.activation, ortho_init=cfg.ortho_init).to(self.device)
+        self.optimizer = make_optimizer(cfg, list(self.net.parameters()))
+        self.scheduler = linear_decay(self.optimizer, total_updates) if cfg.lr_anneal else None
+        self.generator = torch.Generator().manual_seed(seed)
+        self.xp = np if self.device.type == "cpu" else torch
+        for p in self.net.parameters():  # gradient buffers the steps write into (numpy views of them on the CPU)
+            p.grad = torch.zeros_like(p)
 
-    def _to_device(self, obs: Tensor) -> Tensor:
-        if self._cache is not None and self._cache[0] is obs:
-            return self._cache[1]
-        return obs.to(self.device, non_blocking=True)
+    def _weights(self) -> list:
+        return self.net.numpy_weights() if self.xp is np else self.net.weights()
+
+    def _array(self, x: Tensor):
+        return x.numpy() if self.xp is np else x.to(self.device, non_blocking=True)
 
     @torch.no_grad()
+    def values(self, obs: Tensor) -> Tensor:
+        """V(obs) for ``obs`` [..., obs_dim], on the CPU."""
+        out, _ = forward(self._array(obs.reshape(-1, obs.shape[-1])), self._weights(), self.net.act, self.xp)
+        return torch.as_tensor(out).cpu().reshape(obs.shape[:-1])
+
     def evaluate(self, batch: RolloutBatch) -> RolloutBatch:
-        """The batch with ``values`` = V(obs) and ``next_values`` = V(next_obs) filled (on the CPU)."""
-        obs = batch.obs.to(self.device, non_blocking=True)
-        self._cache = (batch.obs, obs)
-        both = torch.stack([obs, batch.next_obs.to(self.device, non_blocking=True)])
-        both = (self.net(both) if self._manual is None else self._manual.forward(both)[0].squeeze(-1)).cpu()
+        """The batch with ``values`` = V(obs) and ``next_values`` = V(next_obs) filled."""
+        both = self.values(torch.stack([batch.obs, batch.next_obs]))
         return batch.replace(values=both[0], next_values=both[1])
 
-    def update(self, batch: RolloutBatch) -> dict[str, float]:
-        """``epochs`` passes of minibatch regression on ``batch.returns``; returns the metrics."""
-        for _ in self.update_steps(batch):
-            pass
-        return self.last_metrics
+    def start_update(self, batch: RolloutBatch) -> CriticUpdate:
+        """The update on ``batch`` (``returns`` and ``values`` filled), run step by step or at once."""
+        return CriticUpdate(self, batch)
 
-    def update_steps(self, batch: RolloutBatch) -> Iterator[None]:
-        """:meth:`update` as an iterator that yields after each optimizer step; once exhausted,
-        ``last_metrics`` holds the update's metrics. ``batch`` must not change meanwhile."""
-        obs = self._to_device(batch.obs).reshape(len(batch), -1)
-        returns = batch.returns.reshape(-1).to(self.device)
-        old_values = batch.values.reshape(-1).to(self.device)
-        n = len(batch)
-        mb = n if self.minibatch_size <= 0 else self.minibatch_size
-        # The hand-written gradient in numpy on the CPU (views of the same memory, no copies).
-        numpy_ok = (self._manual is not None and self.clip_range is None and self.device.type == "cpu"
-                    and not isinstance(self.optimizer, torch.optim.LBFGS)  # re-evaluates the closure
-                    and obs.dtype == returns.dtype and all(p.dtype == obs.dtype for p in self.net.parameters()))
-        np_data = (obs.numpy(), returns.numpy()) if numpy_ok else None
-        losses = []
-        for _ in range(self.epochs):
-            for idx in minibatch_indices(n, mb, self.generator):
-                idx = idx.to(self.device)
+    def _steps(self, batch: RolloutBatch, losses: list) -> Iterator[None]:
+        xp, weights = self.xp, self._weights()
+        obs = self._array(batch.obs.reshape(len(batch), -1))
+        returns, old_values = self._array(batch.returns.reshape(-1)), self._array(batch.values.reshape(-1))
+        grads = [self._array(p.grad) for p in self.net.parameters()]
+        for _ in range(self.cfg.epochs):
+            for idx in minibatch_indices(len(batch), self.cfg.minibatch_size, self.generator):
+                i = self._array(idx)
 
-                def closure(idx: Tensor = idx) -> Tensor:
-                    if np_data is not None:  # overwrites the gradient buffers: no zeroing needed
-                        i = idx.numpy()
-                        return self._numpy_loss_and_grad(np_data[0][i], np_data[1][i])
-                    self.optimizer.zero_grad(set_to_none=True)
-                    if self._manual is not None and self.clip_range is None:
-                        loss = self._manual_loss_and_grad(obs[idx], returns[idx])
-                    else:
-                        loss = self._loss(obs[idx], returns[idx], old_values[idx])
-                        loss.backward()
-                    if self.max_grad_norm is not None:  # (the numpy path clips in numpy)
-                        nn.utils.clip_grad_norm_(self.net.parameters(), self.max_grad_norm)
-                    return loss
+                @torch.no_grad()  # optimizers call closures under enable_grad: the gradient here is by hand
+                def closure(i=i) -> Tensor:
+                    out, inputs = forward(obs[i], weights, self.net.act, xp)
+                    loss, grad_out = value_loss(out[:, 0], returns[i], old_values[i], self.cfg.clip_range, xp)
+                    new = backward(grad_out[:, None], weights, self.net.act, inputs, xp)
+                    scale = 1.0
+                    if self.cfg.max_grad_norm is not None:  # as nn.utils.clip_grad_norm_
+                        norm = math.sqrt(sum(float((g * g).sum()) for g in new))
+                        scale = min(self.cfg.max_grad_norm / (norm + 1e-6), 1.0)
+                    for buf, g in zip(grads, new, strict=True):
+                        buf[...] = g * scale
+                    return torch.as_tensor(loss)
 
-                losses.append(self.optimizer.step(closure).detach())
+                losses.append(self.optimizer.step(closure))
                 yield
-        self._cache = None
         if self.scheduler is not None:
             self.scheduler.step()
-        with torch.no_grad():
-            pred = self.net(obs)
-        metrics = {
-            "losses/value": float(torch.stack(losses).mean()) if losses else float("nan"),
-            "losses/explained_variance": explained_variance(pred, returns),
-            "critic/lr": self.optimizer.param_groups[0]["lr"],
-        }
-        for i, group in enumerate(self.optimizer.param_groups):
-            suffix = "" if i == 0 else f"_{i}"
-            for key in ("eta", "kl"):
-                if key in group:
-                    metrics[f"optim/{key}{suffix}"] = float(group[key])
-        self.last_metrics = metrics
-
-    def _numpy_loss_and_grad(self, obs: np.ndarray, returns: np.ndarray) -> Tensor:
-        """:meth:`_manual_loss_and_grad` in numpy (``MLPGrad.numpy_loss_grad``), the gradients written
-        into buffers that stay the parameters' ``.grad`` (replacing, not accumulating), then
-        ``max_grad_norm`` clipping as ``clip_grad_norm_`` does it."""
-        params = self._manual.params
-        if self._grad_buffers is None or any(p.grad is not (g if p.requires_grad else None)
-                                             for p, g in zip(params, self._grad_buffers, strict=True)):
-            self._grad_buffers = [torch.zeros_like(p) for p in params]
-            for p, g in zip(params, self._grad_buffers, strict=True):
-                p.grad = g if p.requires_grad else None
-            self._grad_arrays = [g.numpy() for g in self._grad_buffers]
-        arrays = self._grad_arrays
-        loss = self._manual.numpy_loss_grad(obs, returns, arrays)
-        for p, a in zip(params, arrays, strict=True):
-            if not p.requires_grad:
-                a[...] = 0.0
-        if self.max_grad_norm is not None:
-            total = math.sqrt(sum(float(np.vdot(a, a)) for a in arrays))
-            coef = min(self.max_grad_norm / (total + 1e-6), 1.0)
-            if coef < 1.0:
-                for a in arrays:
-                    a *= np.asarray(coef, a.dtype)
-        return torch.tensor(loss)
-
-    def _manual_loss_and_grad(self, obs: Tensor, returns: Tensor) -> Tensor:
-        """½ mean (V − R)², its gradient accumulated into the value net's ``.grad`` by hand."""
-        out, inputs = self._manual.forward(obs)
-        diff = out.squeeze(-1) - returns
-        self._manual.backward(inputs, (diff / len(diff)).unsqueeze(-1))
-        return 0.5 * diff.pow(2).mean()
-
-    def _loss(self, obs: Tensor, returns: Tensor, old_values: Tensor) -> Tensor:
-        values = self.net(obs)
-        loss = (values - returns).pow(2)
-        if self.clip_range is not None:
-            # PPO2-style value clipping (Engstrom et al. 2020 found it rarely helps; off by default).
-            clipped = old_values + (values - old_values).clamp(-self.clip_range, self.clip_range)
-            loss = torch.maximum(loss, (clipped - returns).pow(2))
-        return 0.5 * loss.mean()
 
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -219,8 +153,40 @@ class Critic:
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler") is not None:
+        if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("generator") is not None:
-            self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"])
 
+
+class CriticUpdate:
+    """One update of the critic in progress: :meth:`step` advances it by an optimizer step (the
+    collector calls it while the envs step elsewhere), :meth:`finish` runs the rest and returns the
+    metrics. ``losses/explained_variance`` is of the values the batch's advantages used (before the
+    update), as SB3 and CleanRL report it."""
+
+    def __init__(self, critic: Critic, batch: RolloutBatch):
+        self.critic, self.batch = critic, batch
+        self.losses: list = []
+        self._steps = critic._steps(batch, self.losses)
+
+    def step(self) -> bool:
+        """One optimizer step; False when the update is done."""
+        try:
+            next(self._steps)
+            return True
+        except StopIteration:
+            return False
+
+    def finish(self) -> dict[str, float]:
+        while self.step():
+            pass
+        metrics = {
+            "losses/value": float(np.mean([float(x) for x in self.losses])) if self.losses else float("nan"),
+            "losses/explained_variance": explained_variance(self.batch.values, self.batch.returns),
+            "critic/lr": self.critic.optimizer.param_groups[0]["lr"],
+        }
+        for i, stats in enumerate(getattr(self.critic.optimizer, "last_step", [])):
+            for key in ("eta", "kl"):
+                if key in stats:
+                    metrics[f"optim/{key}{'' if i == 0 else f'_{i}'}"] = float(stats[key])
+        return metrics

@@ -2,7 +2,7 @@
 
 Every vector env uses ``AutoresetMode.SAME_STEP``: the step that ends an episode returns the
 reset observation and puts the true final observation in ``infos["final_obs"]``, so no step of
-a rollout is a fake transition across a reset (see DESIGN.md, "Truncation and resets").
+a rollout is a fake transition across a reset (docs/architecture.md, "SAME_STEP autoreset").
 Normalisation lives in :mod:`rl_trust.normalization`, applied by the rollout worker, so its
 statistics belong to the run's state rather than to a wrapper buried in the env stack.
 """

@@ -54,5 +54,5 @@ def load_policy(path: str | Path) -> tuple[Actor, ObsNormalizer, dict]:
     envs.close()
     actor.load_state_dict(state["actor"])
     obs_norm = ObsNormalizer((obs_dim,))
-    obs_norm.load_state_dict(state["worker"]["obs_norm"])
+    obs_norm.load_state_dict(state["collector"]["obs_norm"])
     return actor.eval(), obs_norm, state

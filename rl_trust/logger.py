@@ -5,12 +5,17 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections import deque
 
+import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 
 class Logger:
+    """Writes each iteration's metrics at its global step; ``time/sps`` counts every env step collected
+    so far (with the critic overlapping the next rollout, an iteration is logged after that rollout)."""
+
     def __init__(self, log_dir: str, total_steps: int, config_yaml: str, *, progress: bool = True,
                  line_interval_s: float = 10.0):
         self.writer = SummaryWriter(log_dir)
@@ -21,25 +26,41 @@ class Logger:
         self.line_interval_s, self.last_line = line_interval_s, -math.inf
         self.progress = progress
         self.step = 0
+        self.steps_collected = 0
+        self.returns: deque[float] = deque(maxlen=20)  # the progress display's recent episodes
+        self.start = time.perf_counter()
 
-    def log(self, metrics: dict[str, float], step: int, recent_return: float | None = None) -> None:
-        """Write ``metrics`` at ``step``; the progress display shows ``recent_return`` (mean of recent episodes)."""
-        for key, value in metrics.items():
+    def __enter__(self) -> Logger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def collected(self, batch, episodes) -> None:
+        """Count a rollout's env steps and finished episodes."""
+        self.steps_collected += len(batch)
+        self.returns.extend(episodes.returns)
+
+    def recent_return(self) -> float:
+        return float(np.mean(self.returns)) if self.returns else float("nan")
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Write ``metrics`` (and ``time/sps``) at ``step``; update the progress display."""
+        sps = self.steps_collected / self.elapsed()
+        for key, value in (metrics | {"time/sps": sps}).items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.writer.add_scalar(key, value, step)
-        recent = recent_return
-        sps = metrics.get("time/sps", float("nan"))
+        recent = self.recent_return()
         if self.bar is not None:
             self.bar.update(step - self.step)
-            postfix = {"sps": f"{sps:.0f}"}
-            if recent is not None:
-                postfix["return"] = f"{recent:.1f}"
-            self.bar.set_postfix(postfix, refresh=False)
+            self.bar.set_postfix({"sps": f"{sps:.0f}", "return": f"{recent:.1f}"}, refresh=False)
         elif self.progress and (time.monotonic() - self.last_line >= self.line_interval_s or step >= self.total_steps):
             self.last_line = time.monotonic()
-            ret = "n/a" if recent is None else f"{recent:.1f}"
             print(f"step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%)  sps {sps:.0f}  "
-                  f"return {ret}", flush=True)
+                  f"return {recent:.1f}", flush=True)
         self.step = step
 
     def close(self) -> None:

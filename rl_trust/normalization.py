@@ -1,6 +1,6 @@
 """Running statistics for observation normalisation and reward scaling.
 
-Both keep float64 numpy state (the rollout side is numpy), expose ``state_dict`` /
+Both keep float64 state (numpy arrays; Python floats for scalar statistics), expose ``state_dict`` /
 ``load_state_dict`` so a checkpoint carries them, and can be frozen for evaluation.
 """
 
@@ -15,59 +15,37 @@ class RunningMeanStd:
     """Mean and variance of a stream of batches (parallel algorithm of Chan et al., 1979)."""
 
     def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4):
-        self.mean = np.zeros(shape, np.float64)
-        self.var = np.ones(shape, np.float64)
+        self.mean = np.zeros(shape, np.float64) if shape else 0.0
+        self.var = np.ones(shape, np.float64) if shape else 1.0
         # A tiny prior count keeps the first update well defined (as in OpenAI baselines).
         self.count = epsilon
 
     def update(self, x: np.ndarray) -> None:
-        """Merge the batch ``x`` [n, *shape]; ``mean`` and ``var`` change in place.
-
-        Called every env step on a handful of rows: written as in-place ufunc calls, and for scalar
-        statistics (reward scaling) in Python floats (``np.mean`` / ``np.var`` cost several times the
-        arithmetic in Python-level overhead at this size)."""
+        """Merge the batch ``x`` [n, *shape] into the statistics."""
         x = np.asarray(x)
         n = x.shape[0]
         if n == 0:
             return
-        count, total = self.count, self.count + n
-        if x.ndim == 1 and self.mean.shape == ():
+        if x.ndim == 1:  # scalar statistics (reward scaling, every env step): the moments as Python floats
             batch_mean = float(np.add.reduce(x, dtype=np.float64)) / n
             dev = x - batch_mean
             batch_var = float(np.dot(dev, dev)) / n
-            mean, var = float(self.mean), float(self.var)
-            delta = batch_mean - mean
-            self.var = np.array((var * count + batch_var * n + delta * delta * (count * n / total)) / total)
-            self.mean = np.array(mean + delta * (n / total))
-            self.count = total
-            return
-        for name in ("mean", "var"):  # updated in place: own float64 storage
-            a = getattr(self, name)
-            if a.dtype != np.float64 or not a.flags.c_contiguous or not a.flags.writeable:
-                setattr(self, name, np.array(a, np.float64))
-        mean, var = self.mean, self.var
-        batch_mean = np.add.reduce(x, axis=0, dtype=np.float64)
-        batch_mean /= n
-        dev = np.subtract(x, batch_mean, dtype=np.float64)
-        dev *= dev
-        m2 = np.add.reduce(dev, axis=0)  # n * the batch's variance
-        delta = np.subtract(batch_mean, mean, out=batch_mean)
-        var *= count
-        var += m2
-        m2 = np.multiply(delta, delta, out=m2)
-        m2 *= count * n / total
-        var += m2
-        var /= total
-        delta *= n / total
-        mean += delta
+        else:
+            batch_mean = np.add.reduce(x, axis=0, dtype=np.float64) / n
+            dev = np.subtract(x, batch_mean, dtype=np.float64)
+            batch_var = np.add.reduce(dev * dev, axis=0) / n
+        count, total = self.count, self.count + n
+        delta = batch_mean - self.mean
+        self.var = (self.var * count + batch_var * n + delta * delta * (count * n / total)) / total
+        self.mean = self.mean + delta * (n / total)
         self.count = total
 
     def state_dict(self) -> dict:
-        return {"mean": self.mean.copy(), "var": self.var.copy(), "count": float(self.count)}
+        return {"mean": np.copy(self.mean), "var": np.copy(self.var), "count": float(self.count)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.mean = np.array(state["mean"], np.float64)
-        self.var = np.array(state["var"], np.float64)
+        as_state = (lambda v: float(v)) if np.ndim(state["mean"]) == 0 else (lambda v: np.array(v, np.float64))
+        self.mean, self.var = as_state(state["mean"]), as_state(state["var"])
         self.count = float(state["count"])
 
 

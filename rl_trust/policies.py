@@ -1,15 +1,16 @@
-"""Policies (diagonal Gaussian for Box, categorical for Discrete) and the value network.
+"""Action distributions (diagonal Gaussian for Box, categorical for Discrete) and the actor.
 
-The action distributions are small closed-form helpers rather than ``torch.distributions``
-objects: TRPO differentiates their KL twice, and every update evaluates them on the whole
-batch, so a tuple of tensors and a few formulas is both faster and easier to check. Tests
-compare each formula with ``torch.distributions``.
+Each distribution is one object holding its formulas (log-prob, entropy, KL) and, beside each, the
+analytic pieces the fast paths use: gradients with respect to the distribution's parameters and the
+KL's Hessian-vector product (the Fisher product). The actor chains them through the network's
+hand-written backward (:mod:`rl_trust.nets`), so a loss written once in terms of these formulas gets
+its gradient without autograd. ``tests/test_policies.py`` checks the formulas against
+``torch.distributions`` and each analytic piece against autograd of its formula.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -17,188 +18,206 @@ import torch
 from torch import Tensor, nn
 
 from rl_trust.errors import ConfigError
-from rl_trust.mlp_grad import MLPGrad
+from rl_trust.nets import MLP, Cache
 
 _LOG_2PI = math.log(2 * math.pi)
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+Params = tuple[Tensor, ...]
 
 
 class DiagGaussian:
     """Diagonal Gaussian; parameters ``(mean [.., A], log_std [.., A])``."""
 
     @staticmethod
-    def log_prob(params: tuple[Tensor, Tensor], actions: Tensor) -> Tensor:
+    def log_prob(params: Params, actions: Tensor) -> Tensor:
         mean, log_std = params
         z = (actions - mean) * torch.exp(-log_std)
         return (-0.5 * z.pow(2) - log_std).sum(-1) - 0.5 * _LOG_2PI * mean.shape[-1]
 
     @staticmethod
-    def entropy(params: tuple[Tensor, Tensor]) -> Tensor:
+    def log_prob_grad(params: Params, actions: Tensor) -> Params:
+        """d log_prob / d(mean, log_std), per sample."""
+        mean, log_std = params
+        inv_std = torch.exp(-log_std)
+        z = (actions - mean) * inv_std
+        return z * inv_std, z * z - 1
+
+    @staticmethod
+    def entropy(params: Params) -> Tensor:
         mean, log_std = params
         return (log_std + 0.5 * (1.0 + _LOG_2PI)).sum(-1).expand(mean.shape[:-1])
 
     @staticmethod
-    def kl(p: tuple[Tensor, Tensor], q: tuple[Tensor, Tensor]) -> Tensor:
-        """KL(p || q), summed over action dimensions."""
-        (mp, lp), (mq, lq) = p, q
-        var_ratio = torch.exp(2 * (lp - lq))
-        return (lq - lp + 0.5 * (var_ratio + (mp - mq).pow(2) * torch.exp(-2 * lq)) - 0.5).sum(-1)
+    def entropy_grad(params: Params) -> Params:
+        return torch.zeros_like(params[0]), torch.ones_like(params[1])
 
     @staticmethod
-    def sample(params: tuple[Tensor, Tensor]) -> Tensor:
+    def kl(p: Params, q: Params) -> Tensor:
+        """KL(p || q), summed over action dimensions."""
+        (mp, lp), (mq, lq) = p, q
+        return (lq - lp + 0.5 * (torch.exp(2 * (lp - lq)) + (mp - mq).pow(2) * torch.exp(-2 * lq)) - 0.5).sum(-1)
+
+    @staticmethod
+    def kl_grad(p: Params, q: Params) -> Params:
+        """d KL(p || q) / d q, per sample."""
+        (mp, lp), (mq, lq) = p, q
+        inv_var = torch.exp(-2 * lq)
+        return (mq - mp) * inv_var, 1 - torch.exp(2 * (lp - lq)) - (mp - mq).pow(2) * inv_var
+
+    @staticmethod
+    def fisher_product(params: Params, tangent: Params) -> Params:
+        """The Hessian of KL(p || q) in q at q = p times ``tangent`` (the mean/log-std cross terms vanish there)."""
+        return tangent[0] * torch.exp(-2 * params[1]), 2 * tangent[1]
+
+    @staticmethod
+    def sample(params: Params) -> Tensor:
         mean, log_std = params
         return mean + torch.exp(log_std) * torch.randn_like(mean)
 
     @staticmethod
-    def mode(params: tuple[Tensor, Tensor]) -> Tensor:
+    def numpy_sample(params: tuple[np.ndarray, ...], rng: np.random.Generator) -> np.ndarray:
+        """:meth:`sample` in numpy, from ``rng``."""
+        mean, std = params[0], np.exp(params[1])
+        return mean + std * rng.standard_normal(mean.shape, dtype=mean.dtype)
+
+    @staticmethod
+    def mode(params: Params) -> Tensor:
         return params[0]
 
 
 class Categorical:
-    """Categorical over ``K`` actions; parameters ``(log_probs [.., K],)`` (normalised logits)."""
+    """Categorical over ``K`` actions; parameters ``(logits [.., K],)`` (unnormalised)."""
 
     @staticmethod
-    def log_prob(params: tuple[Tensor], actions: Tensor) -> Tensor:
-        return params[0].gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    def log_prob(params: Params, actions: Tensor) -> Tensor:
+        return torch.log_softmax(params[0], -1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
 
     @staticmethod
-    def entropy(params: tuple[Tensor]) -> Tensor:
-        logp = params[0]
+    def log_prob_grad(params: Params, actions: Tensor) -> Params:
+        onehot = torch.nn.functional.one_hot(actions.long(), params[0].shape[-1]).to(params[0].dtype)
+        return (onehot - torch.softmax(params[0], -1),)
+
+    @staticmethod
+    def entropy(params: Params) -> Tensor:
+        logp = torch.log_softmax(params[0], -1)
         return -(logp.exp() * logp).sum(-1)
 
     @staticmethod
-    def kl(p: tuple[Tensor], q: tuple[Tensor]) -> Tensor:
-        return (p[0].exp() * (p[0] - q[0])).sum(-1)
+    def entropy_grad(params: Params) -> Params:
+        logp = torch.log_softmax(params[0], -1)
+        p = logp.exp()
+        return (-p * (logp - (p * logp).sum(-1, keepdim=True)),)
 
     @staticmethod
-    def sample(params: tuple[Tensor]) -> Tensor:
-        return torch.multinomial(params[0].exp().reshape(-1, params[0].shape[-1]), 1).reshape(params[0].shape[:-1])
+    def kl(p: Params, q: Params) -> Tensor:
+        logp, logq = torch.log_softmax(p[0], -1), torch.log_softmax(q[0], -1)
+        return (logp.exp() * (logp - logq)).sum(-1)
 
     @staticmethod
-    def mode(params: tuple[Tensor]) -> Tensor:
+    def kl_grad(p: Params, q: Params) -> Params:
+        return (torch.softmax(q[0], -1) - torch.softmax(p[0], -1),)
+
+    @staticmethod
+    def fisher_product(params: Params, tangent: Params) -> Params:
+        p, t = torch.softmax(params[0], -1), tangent[0]
+        return (p * (t - (p * t).sum(-1, keepdim=True)),)
+
+    @staticmethod
+    def sample(params: Params) -> Tensor:
+        logits = params[0]
+        return torch.multinomial(torch.softmax(logits.reshape(-1, logits.shape[-1]), -1), 1).reshape(logits.shape[:-1])
+
+    @staticmethod
+    def numpy_sample(params: tuple[np.ndarray, ...], rng: np.random.Generator) -> np.ndarray:
+        """:meth:`sample` in numpy, from ``rng`` (inverse CDF)."""
+        cdf = np.cumsum(np.exp(params[0] - params[0].max(-1, keepdims=True)), -1)
+        u = rng.random((*cdf.shape[:-1], 1), dtype=np.float32) * cdf[..., -1:]
+        return np.minimum((u >= cdf).sum(-1), cdf.shape[-1] - 1).astype(np.int64)
+
+    @staticmethod
+    def mode(params: Params) -> Tensor:
         return params[0].argmax(-1)
 
 
-def mlp(sizes: list[int], activation: str, out_gain: float, ortho_init: bool = True) -> nn.Sequential:
-    """An MLP; with ``ortho_init`` orthogonal weights (gain sqrt(2) hidden, ``out_gain`` last), zero biases."""
-    act = ACTIVATIONS[activation]
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        linear = nn.Linear(sizes[i], sizes[i + 1])
-        last = i == len(sizes) - 2
-        if ortho_init:
-            nn.init.orthogonal_(linear.weight, gain=out_gain if last else math.sqrt(2))
-            nn.init.zeros_(linear.bias)
-        layers.append(linear)
-        if not last:
-            layers.append(act())
-    return nn.Sequential(*layers)
-
-
 class Actor(nn.Module):
-    """A policy: ``forward(obs)`` returns the distribution parameters; ``dist`` holds the formulas."""
+    """A policy: an MLP from observations to the distribution's parameters (a state-independent
+    log-std for Gaussians).
 
-    dist: type[DiagGaussian] | type[Categorical]
+    ``forward`` is the autograd form; :meth:`forward_cached` with :meth:`gradients` and
+    :meth:`fisher_product` are the hand-differentiated forms the updaters' fast paths use.
+    """
 
     def __init__(self, obs_dim: int, action_space: gym.Space, hidden: list[int], activation: str,
                  log_std_init: float = 0.0, ortho_init: bool = True):
         super().__init__()
         if isinstance(action_space, gym.spaces.Box):
-            act_dim = int(np.prod(action_space.shape))
-            self.dist = DiagGaussian
-            self.log_std = nn.Parameter(torch.full((act_dim,), float(log_std_init)))
+            act_dim, self.dist = int(np.prod(action_space.shape)), DiagGaussian
         elif isinstance(action_space, gym.spaces.Discrete):
-            act_dim = int(action_space.n)
-            self.dist = Categorical
-            self.log_std = None
+            act_dim, self.dist = int(action_space.n), Categorical
         else:
             raise ConfigError(f"action space {action_space} is not supported (Box or Discrete)")
         # Small last-layer gain: the initial policy is close to uniform/centred (Andrychowicz et al. 2021).
-        self.net = mlp([obs_dim, *hidden, act_dim], activation, out_gain=0.01, ortho_init=ortho_init)
-        self._mlp_grad = MLPGrad(self.net) if MLPGrad.supports(self.net) else None
+        self.net = MLP([obs_dim, *hidden, act_dim], activation, out_gain=0.01, ortho_init=ortho_init)
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(log_std_init))) if self.continuous else None
 
     @property
     def continuous(self) -> bool:
         return self.dist is DiagGaussian
 
-    def forward(self, obs: Tensor, hand_grad: bool = False) -> tuple[Tensor, ...]:
-        """Distribution parameters. ``hand_grad``: the network as one autograd node with a hand-written
-        backward (:class:`~rl_trust.mlp_grad.MLPGrad`), for minibatch losses; not twice differentiable."""
-        out = self._mlp_grad.apply(obs) if hand_grad and self._mlp_grad is not None else self.net(obs)
-        if self.log_std is None:
-            return (torch.log_softmax(out, -1),)
-        return out, self.log_std.expand_as(out)
+    def forward(self, obs: Tensor) -> Params:
+        """The distribution's parameters at ``obs``."""
+        out = self.net(obs)
+        return (out, self.log_std.expand_as(out)) if self.continuous else (out,)
 
+    @torch.no_grad()
+    def forward_cached(self, obs: Tensor) -> tuple[Params, Cache]:
+        """:meth:`forward` on ``obs`` [B, obs_dim] without a graph, and what :meth:`gradients` needs."""
+        out, cache = self.net.forward_cached(obs)
+        return ((out, self.log_std.detach().expand_as(out)) if self.continuous else (out,)), cache
+
+    @torch.no_grad()
+    def gradients(self, cache: Cache, grad_params: Params) -> list[Tensor]:
+        """d(loss)/d(parameter) for each of :meth:`parameters`, given d(loss)/d(distribution parameters)
+        per sample (as the distributions' ``*_grad`` give them)."""
+        grads = self.net.backward(cache, grad_params[0])
+        return [grad_params[1].sum(0), *grads] if self.continuous else grads  # log_std first, as parameters()
+
+    def fisher_product(self, obs: Tensor, *, damping: float):
+        """``v -> (F + damping I) v`` over the flattened :meth:`parameters`, F the Hessian of the mean
+        KL(π_old ‖ π) at π = π_old on ``obs``: the fast form of
+        :func:`rl_trust.updaters.trust_region.fisher_vector_product` (one forward-mode and one
+        reverse-mode pass through the network per product, no double backward)."""
+        params, cache = self.forward_cached(obs)
+        shapes = [p.shape for p in self.parameters()]
+        scale = 1.0 / len(obs)
+
+        @torch.no_grad()
+        def matvec(vector: Tensor) -> Tensor:
+            tangents = [t.view(s) for t, s in zip(vector.split([s.numel() for s in shapes]), shapes, strict=True)]
+            d_out = self.net.jvp(cache, tangents[self.continuous:])
+            d_params = (d_out, tangents[0].expand_as(d_out)) if self.continuous else (d_out,)
+            fv = self.dist.fisher_product(params, d_params)
+            grads = self.gradients(cache, tuple(f * scale for f in fv))
+            return torch.cat([g.reshape(-1) for g in grads]).add_(vector, alpha=damping)
+
+        return matvec
 
     def numpy_policy(self) -> NumpyPolicy:
-        """A snapshot of this policy for the rollout's per-step sampling (see :class:`NumpyPolicy`)."""
         return NumpyPolicy(self)
 
 
-_NP_ACTIVATIONS = {
-    "Tanh": lambda x: np.tanh(x, out=x),
-    "ReLU": lambda x: np.maximum(x, 0, out=x),
-    "ELU": lambda x: np.where(x > 0, x, np.expm1(x)),
-}
-
-
 class NumpyPolicy:
-    """The actor's network and distribution in numpy, for one small batch per env step.
-
-    A rollout step queries the policy on a handful of observations: there torch's per-op and per-module
-    dispatch (~80 µs per step for a 64x64 Gaussian policy with sampling and log-probability) costs
-    more than the arithmetic; numpy does the same in about a fifth of the time. Weights are copied
-    at construction: build one per rollout, after each update. Same formulas as :class:`DiagGaussian`
-    and :class:`Categorical` (``tests/test_policies.py`` compares them); samples come from the
-    numpy ``Generator`` passed in.
-    """
+    """The actor's sampling in numpy, for the rollout's one small batch per env step (where torch's
+    per-call cost exceeds the arithmetic). Holds views of the actor's parameters, not copies."""
 
     def __init__(self, actor: Actor):
-        self.layers: list[tuple[np.ndarray, np.ndarray] | Callable[[np.ndarray], np.ndarray]] = []
-        for module in actor.net:
-            if isinstance(module, nn.Linear):
-                self.layers.append((module.weight.detach().numpy().T.copy(), module.bias.detach().numpy().copy()))
-            else:
-                self.layers.append(_NP_ACTIVATIONS[type(module).__name__])
-        self.continuous = actor.continuous
-        if self.continuous:
-            self.log_std = actor.log_std.detach().numpy().astype(np.float32)
-            self.std = np.exp(self.log_std)
-            self.log_norm = float(self.log_std.sum() + 0.5 * _LOG_2PI * self.log_std.size)
+        self.net, self.dist = actor.net, actor.dist
+        self.weights = actor.net.numpy_weights()
+        self.log_std = actor.log_std.detach().numpy() if actor.continuous else None
 
-    def _forward(self, obs: np.ndarray) -> np.ndarray:
-        x = obs
-        for layer in self.layers:
-            if isinstance(layer, tuple):
-                x = x @ layer[0]
-                x += layer[1]
-            else:
-                x = layer(x)
-        return x
+    def params(self, obs: np.ndarray) -> tuple[np.ndarray, ...]:
+        out, _ = self.net.numpy_forward(obs, self.weights)
+        return (out,) if self.log_std is None else (out, self.log_std)
 
-    def sample(self, obs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Actions for ``obs`` [N, obs_dim] (float32) and their log-probabilities."""
-        out = self._forward(obs)
-        if self.continuous:
-            z = rng.standard_normal(out.shape, dtype=np.float32)
-            log_prob = np.einsum("ij,ij->i", z, z)
-            log_prob *= -0.5
-            log_prob -= self.log_norm
-            z *= self.std
-            z += out  # the actions: (a - mean) / std = z exactly up to rounding
-            return z, log_prob
-        logits = out - out.max(-1, keepdims=True)
-        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        cdf = np.cumsum(np.exp(log_probs), -1)
-        u = rng.random((len(obs), 1), dtype=np.float32) * cdf[:, -1:]
-        actions = np.minimum((u >= cdf).sum(-1), cdf.shape[-1] - 1)
-        return actions.astype(np.int64), log_probs[np.arange(len(obs)), actions].astype(np.float32)
-
-
-class ValueNet(nn.Module):
-    def __init__(self, obs_dim: int, hidden: list[int], activation: str, ortho_init: bool = True):
-        super().__init__()
-        self.net = mlp([obs_dim, *hidden, 1], activation, out_gain=1.0, ortho_init=ortho_init)
-
-    def forward(self, obs: Tensor) -> Tensor:
-        return self.net(obs).squeeze(-1)
+    def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Actions for ``obs`` [N, obs_dim] (float32), drawn from ``rng``."""
+        return self.dist.numpy_sample(self.params(obs), rng)

@@ -1,8 +1,8 @@
-"""The rollout worker: steps the vector env with the current policy and fills a RolloutBatch."""
+"""The collector: steps the envs with the current policy and fills a RolloutBatch."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import gymnasium as gym
@@ -12,9 +12,7 @@ import torch
 from rl_trust.batch import RolloutBatch
 from rl_trust.normalization import ObsNormalizer, RewardScaler
 from rl_trust.policies import Actor
-from rl_trust.workers import InProcessEnvs, ParallelEnvs
-
-_DONE = object()
+from rl_trust.workers import Envs
 
 
 @dataclass
@@ -25,15 +23,15 @@ class EpisodeStats:
     lengths: list[int] = field(default_factory=list)
 
 
-class RolloutWorker:
+class Collector:
     """Steps ``envs`` for ``steps_per_env`` steps per :meth:`collect`, the policy queried in one batch.
 
-    Buffers are preallocated once; the policy is queried through a numpy snapshot taken at the start
-    of each collect (:class:`~rl_trust.policies.NumpyPolicy`). Box actions are stored
-    unclipped (their log-probability is of the sampled action) and clipped only for the env.
+    Buffers are preallocated once; the policy is queried in numpy (:class:`~rl_trust.policies.NumpyPolicy`).
+    Box actions are stored unclipped (the policy's sample, whose log-probability the update uses) and
+    clipped only for the env.
     """
 
-    def __init__(self, envs: InProcessEnvs | ParallelEnvs, actor: Actor, obs_norm: ObsNormalizer,
+    def __init__(self, envs: Envs, actor: Actor, obs_norm: ObsNormalizer,
                  reward_scaler: RewardScaler, steps_per_env: int, seed: int | None):
         self.envs, self.actor, self.obs_norm, self.reward_scaler = envs, actor, obs_norm, reward_scaler
         self.T, self.N = steps_per_env, envs.num_envs
@@ -47,7 +45,6 @@ class RolloutWorker:
         self._obs = np.zeros((T, N, *obs_shape), np.float32)
         self._next_obs = np.zeros((T, N, *obs_shape), np.float32)
         self._actions = np.zeros((T, N, *act_shape), act_dtype)
-        self._log_probs = np.zeros((T, N), np.float32)
         self._rewards = np.zeros((T, N), np.float32)
         self._terminated = np.zeros((T, N), bool)
         self._truncated = np.zeros((T, N), bool)
@@ -58,17 +55,13 @@ class RolloutWorker:
         # Action noise: the rollout's own generator (the policy runs in numpy here, see NumpyPolicy).
         self.rng = np.random.Generator(np.random.PCG64(seed))
 
-    def collect(self, background: Iterator[object] | None = None) -> tuple[RolloutBatch, EpisodeStats]:
-        """Step ``steps_per_env`` times. ``background``: an iterator advanced one item at a time while
-        worker processes step the envs (the critic's update of the previous batch, see ``rl_trust.train``);
-        it must not touch the actor or the envs. In-process envs leave it untouched, and so does a step
-        that finds the workers already done: the caller exhausts whatever is left."""
+    def collect(self, idle: Callable[[], bool] | None = None) -> tuple[RolloutBatch, EpisodeStats]:
+        """Step ``steps_per_env`` times. ``idle``: one unit of background work per call, returning False
+        when none is left (the critic's update of the previous batch, see ``rl_trust.train``), run while
+        worker processes step the envs; it must not touch the actor or the envs. In-process envs never
+        call it: the caller finishes whatever is left."""
         stats = EpisodeStats()
         policy = self.actor.numpy_policy()
-        idle = None
-        if background is not None and isinstance(self.envs, ParallelEnvs):
-            def idle() -> bool:
-                return next(background, _DONE) is not _DONE
         # Pipelined and double-buffered: the env groups step in turn; once a group's step t is in,
         # its next actions are chosen and sent first (the workers step them while the learner records
         # step t and handles the other group), then step t is recorded. In process it is the same
@@ -108,7 +101,6 @@ class RolloutWorker:
             obs=torch.tensor(self._obs),
             next_obs=torch.tensor(self._next_obs),
             actions=torch.tensor(self._actions),
-            log_probs=torch.tensor(self._log_probs),
             rewards=torch.tensor(self._rewards),
             terminated=torch.tensor(self._terminated),
             truncated=torch.tensor(self._truncated),
@@ -117,9 +109,8 @@ class RolloutWorker:
 
     def _send(self, policy, t: int, g: int, sl: slice) -> None:
         """Sample actions for group ``g`` on ``self._obs[t, sl]``, record them as step t's, send them."""
-        action, log_prob = policy.sample(self._obs[t, sl], self.rng)
+        action = policy.sample(self._obs[t, sl], self.rng)
         self._actions[t, sl] = action
-        self._log_probs[t, sl] = log_prob
         self.envs.step_async(self._env_action(action), g)
 
     def _env_action(self, action: np.ndarray) -> np.ndarray:

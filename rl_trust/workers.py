@@ -31,12 +31,12 @@ import traceback
 from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from multiprocessing.connection import Connection
+from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
 
 from rl_trust.envs import EnvGroup
-from rl_trust.errors import ConfigError
 
 _RESET, _CLOSE = b"r", b"c"
 _SPIN_S = 0.002  # a worker spins this long for the next step before backing off to 0.2 ms sleeps
@@ -52,10 +52,27 @@ class StepResult:
     truncated: np.ndarray
 
 
+class Envs(Protocol):
+    """What the collector steps: ``num_envs`` envs in contiguous ``groups``, each group's step split into
+    ``step_async`` (actions out) and ``step_wait`` (results in; ``idle`` is called meanwhile for
+    background work where the envs step elsewhere)."""
+
+    num_envs: int
+    groups: list[tuple[int, int]]
+    single_observation_space: gym.Space
+    single_action_space: gym.Space
+
+    def reset(self, seed: int | None) -> np.ndarray: ...
+
+    def step_async(self, actions: np.ndarray, group: int | None = None) -> None: ...
+
+    def step_wait(self, idle: Callable[[], bool] | None = None, group: int | None = None) -> StepResult: ...
+
+    def close(self) -> None: ...
+
+
 def group_bounds(num_envs: int, groups: int) -> list[tuple[int, int]]:
     """``groups`` contiguous, near-equal env ranges ``(lo, hi)`` covering ``range(num_envs)``."""
-    if isinstance(groups, bool) or not isinstance(groups, int) or not 1 <= groups <= num_envs:
-        raise ConfigError(f"rollout.env_groups={groups!r} is invalid: a count in [1, env.num_envs = {num_envs}]")
     edges = np.linspace(0, num_envs, groups + 1).round().astype(int)
     return [(int(edges[g]), int(edges[g + 1])) for g in range(groups)]
 
@@ -231,9 +248,6 @@ class ParallelEnvs:
     def __init__(self, env_id: str, num_envs: int, workers: int, env_kwargs: dict | None = None,
                  learner_envs: int | None = None, groups: int = 1):
         self.groups = group_bounds(num_envs, groups)
-        if not 1 <= workers < num_envs:
-            raise ConfigError(f"rollout.workers={workers} is invalid: must lie in [1, env.num_envs - 1 = "
-                              f"{num_envs - 1}]")
         env_kwargs = dict(env_kwargs or {})
         if learner_envs is None:  # an equal share for the learner and each worker
             learner_envs = round(num_envs / (workers + 1))
@@ -338,7 +352,7 @@ class ParallelEnvs:
                 self.step_async(actions[lo:hi], g)
             return
         now = time.perf_counter()
-        if now - self._last_check > _CHECK_S:  # polling the pipes costs ~10 µs: not on every step
+        if now - self._last_check > _CHECK_S:  # polling every pipe is not free: not on every step
             self._last_check = now
             self._check_alive()
         sh = self.sh
@@ -401,18 +415,11 @@ class ParallelEnvs:
 
 def resolve_workers(workers: int | str, num_envs: int) -> int:
     """``auto``: one worker per spare core, at most ``num_envs - 1``; 0 when that leaves none."""
-    if workers == "auto":
-        return max(0, min((os.cpu_count() or 1) - 1, num_envs - 1))
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ConfigError(f"rollout.workers={workers!r} is invalid: a count >= 0 or 'auto'")
-    if workers >= num_envs:
-        raise ConfigError(f"rollout.workers={workers} is invalid: must be < env.num_envs={num_envs} "
-                          "(the learner steps one slice itself)")
-    return workers
+    return max(0, min((os.cpu_count() or 1) - 1, num_envs - 1)) if workers == "auto" else workers
 
 
 def make_envs(env_id: str, num_envs: int, workers: int, env_kwargs: dict | None = None,
-              learner_envs: int | None = None, groups: int = 1) -> InProcessEnvs | ParallelEnvs:
+              learner_envs: int | None = None, groups: int = 1) -> Envs:
     """In-process envs (``workers=0``) or :class:`ParallelEnvs` (``learner_envs``: see there), stepped
     in ``groups`` groups (see the module docstring)."""
     if workers == 0:
@@ -431,15 +438,10 @@ def resolve_learner_envs(learner_envs: int | str, num_envs: int, workers: int, g
 
     ``auto``: 0 when the critic overlaps the rollout (the learner's waits are its time), else an equal
     share less one env per group: the learner also carries every group's statistics, policy query and
-    recording (on the 2-core development machine ~55-70 µs per group, about one HalfCheetah env step),
-    so an equal share would leave the workers waiting for it (docs/benchmarks.md, sampling splits).
+    recording, so an equal share would leave the workers waiting for it (docs/benchmarks.md, sampling splits).
     """
     if workers == 0:
         return num_envs
     if learner_envs == "auto":
         return 0 if overlap_critic else max(0, round(num_envs / (workers + 1)) - groups)
-    if (isinstance(learner_envs, bool) or not isinstance(learner_envs, int)
-            or not 0 <= learner_envs <= num_envs - workers):
-        raise ConfigError(f"rollout.learner_envs={learner_envs!r} is invalid: 'auto' or a count in [0, env.num_envs - "
-                          f"rollout.workers = {num_envs - workers}] (each worker steps at least one env)")
     return learner_envs

@@ -56,7 +56,7 @@ def child(spec: dict) -> dict:
     if kind == "sampling":
         from rl_trust.normalization import ObsNormalizer, RewardScaler
         from rl_trust.policies import Actor
-        from rl_trust.rollout import RolloutWorker
+        from rl_trust.rollout import Collector
         from rl_trust.workers import make_envs, resolve_env_groups, resolve_learner_envs
 
         # In process: one group, the fastest single-process loop. With workers: what training with
@@ -65,12 +65,12 @@ def child(spec: dict) -> dict:
         learner_envs = resolve_learner_envs("auto", n, spec["workers"], groups, overlap_critic=False)
         envs = make_envs(env_id, n, spec["workers"], learner_envs=learner_envs, groups=groups)
         actor = Actor(envs.single_observation_space.shape[0], envs.single_action_space, [64, 64], "tanh")
-        worker = RolloutWorker(envs, actor, ObsNormalizer(envs.single_observation_space.shape),
-                               RewardScaler(n, 0.99), t, seed=0)
-        worker.collect()  # warm-up
+        collector = Collector(envs, actor, ObsNormalizer(envs.single_observation_space.shape),
+                              RewardScaler(n, 0.99), t, seed=0)
+        collector.collect()  # warm-up
         start = time.perf_counter()
         for _ in range(updates):
-            worker.collect()
+            collector.collect()
         sps = total / (time.perf_counter() - start)
         envs.close()
         return {"sps": sps}
@@ -95,6 +95,8 @@ def child(spec: dict) -> dict:
             common += ["algo.lr=3e-4", "algo.epochs=10", "algo.minibatch_size=64", "algo.clip_range=0.2",
                        "algo.lr_anneal=false", "critic.epochs=10", "critic.minibatch_size=64", "critic.lr=3e-4",
                        "critic.max_grad_norm=0.5"]
+        if env_id != "HalfCheetah-v5":
+            common.append("~tuned")  # the default env group's tuned file is HalfCheetah's
         with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
             cfg = compose("config", overrides=common)
         import tempfile

@@ -21,16 +21,17 @@ import numpy as np
 import torch
 
 from rl_trust import checkpoint
-from rl_trust.critic import PRESETS, explained_variance, optimizer_factory
+from rl_trust.config import CriticConfig
+from rl_trust.critic import PRESETS, explained_variance, make_optimizer
 from rl_trust.envs import make_vec_env
 from rl_trust.evaluate import load_policy
-from rl_trust.policies import ValueNet
+from rl_trust.nets import MLP
 
 
 def collect(path: str, episodes: int, horizon: int, gamma: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     actor, obs_norm, state = load_policy(path)
     cfg = state["config"]
-    reward_var = state["worker"]["reward_scaler"]["rms"]["var"]
+    reward_var = state["collector"]["reward_scaler"]["rms"]["var"]
     scale = 1.0 / np.sqrt(reward_var + 1e-8) if cfg["env"]["normalize_reward"] else 1.0
     envs = make_vec_env(cfg["env"]["id"], episodes, seed=seed)
     torch.manual_seed(seed)
@@ -57,10 +58,10 @@ def collect(path: str, episodes: int, horizon: int, gamma: float, seed: int) -> 
     return torch.tensor(obs_arr[:h], dtype=torch.float32), torch.tensor(ret[:h], dtype=torch.float32)
 
 
-def fit(name: str, kwargs: dict, net: ValueNet, data, steps: int, batch: int, seed: int) -> dict:
+def fit(name: str, kwargs: dict, net: MLP, data, steps: int, batch: int, seed: int) -> dict:
     (xtr, ytr), (xte, yte) = data
     net = copy.deepcopy(net)
-    opt = optimizer_factory(name, kwargs)(net.parameters())
+    opt = make_optimizer(CriticConfig(optim=name, optim_kwargs=kwargs), list(net.parameters()))
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for _ in range(steps):
@@ -68,14 +69,14 @@ def fit(name: str, kwargs: dict, net: ValueNet, data, steps: int, batch: int, se
 
         def closure(idx=idx):
             opt.zero_grad(set_to_none=True)
-            loss = 0.5 * (net(xtr[idx]) - ytr[idx]).pow(2).mean()
+            loss = 0.5 * (net(xtr[idx]).squeeze(-1) - ytr[idx]).pow(2).mean()
             loss.backward()
             return loss
 
         opt.step(closure)
     elapsed = time.perf_counter() - start
     with torch.no_grad():
-        pred = net(xte)
+        pred = net(xte).squeeze(-1)
     return {"optim": name, **kwargs, "test_mse": float((pred - yte).pow(2).mean()),
             "test_explained_variance": explained_variance(pred, yte), "time_s": elapsed}
 
@@ -105,7 +106,7 @@ def main() -> None:
     data = flat(obs[:, :split], ret[:, :split]), flat(obs[:, split:], ret[:, split:])
     cfg = checkpoint.load(args.checkpoint)["config"]["critic"]
     torch.manual_seed(args.seed)
-    net = ValueNet(obs.shape[-1], list(cfg["hidden"]), cfg["activation"])
+    net = MLP([obs.shape[-1], *cfg["hidden"], 1], cfg["activation"])
     runs = json.loads(args.grid) if args.grid else [{"optim": o} for o in args.optims]
     for run in runs:
         name = run.pop("optim")

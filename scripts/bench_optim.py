@@ -1,11 +1,11 @@
 """Optimizer step time: arTuRO against torch.optim.Adam, same parameters and gradients.
 
-    python scripts/bench_optim.py [--device cpu|cuda] [--repeats 30] [--no-compile]
+    python scripts/bench_optim.py [--device cpu|cuda] [--repeats 30]
 
 Times ``optimizer.step()`` alone (gradients fixed), alternating the optimizers in rounds so that
 machine noise hits all; prints the median per step and the ratios to Adam(foreach=True). Rows:
 Adam foreach, Adam fused, arTuRO (default: the fused kernel on the CPU, the eager step on CUDA), arTuRO
-eager (fused=False), arTuRO with compile=True (compiled during warm-up).
+eager (fused=False).
 """
 
 from __future__ import annotations
@@ -38,14 +38,12 @@ def time_steps(opt: torch.optim.Optimizer, steps: int, device: torch.device) -> 
     return (time.perf_counter() - start) / steps
 
 
-def bench(name: str, sizes: list[int], device: torch.device, repeats: int, steps: int, compile: bool) -> dict:
+def bench(name: str, sizes: list[int], device: torch.device, repeats: int, steps: int) -> dict:
     torch.manual_seed(0)
     makers = {"adam": lambda ps: torch.optim.Adam(ps, lr=1e-6, foreach=True),
               "adam_fused": lambda ps: torch.optim.Adam(ps, lr=1e-6, fused=True),
               "arturo": lambda ps: Arturo(ps, lr=1e-6),
               "arturo_eager": lambda ps: Arturo(ps, lr=1e-6, fused=False)}
-    if compile:
-        makers["arturo_compiled"] = lambda ps: Arturo(ps, lr=1e-6, compile=True)
     nets = {k: mlp(sizes).to(device) for k in makers}
     for net in nets.values():
         net.load_state_dict(nets["adam"].state_dict())
@@ -72,7 +70,6 @@ def main() -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--no-compile", action="store_true", help="skip the compile=True row")
     args = p.parse_args()
     if args.repeats < 1 or args.threads < 1:
         p.error("--repeats and --threads must be >= 1")
@@ -80,9 +77,8 @@ def main() -> None:
         p.error("--device=cuda: no CUDA device is available")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    compile = not args.no_compile
-    print(json.dumps(bench("critic 17-64-64-1", [17, 64, 64, 1], device, args.repeats, 20, compile)))
-    print(json.dumps(bench("mlp 3x1024", [17, 1024, 1024, 1024, 1], device, args.repeats, 3, compile)))
+    print(json.dumps(bench("critic 17-64-64-1", [17, 64, 64, 1], device, args.repeats, 20)))
+    print(json.dumps(bench("mlp 3x1024", [17, 1024, 1024, 1024, 1], device, args.repeats, 3)))
     if device.type == "cuda":
         net = mlp([17, 1024, 1024, 1024, 1]).to(device)
         opt = Arturo(net.parameters(), lr=1e-3)

@@ -32,7 +32,7 @@ def phases() -> list[tuple[str, object]]:
     from rl_trust.updaters import ppo, trpo, trust_region
 
     return [
-        ("rollout: total collect()", rollout.RolloutWorker.collect),
+        ("rollout: total collect()", rollout.Collector.collect),
         ("rollout: env step", workers.InProcessEnvs.step),
         ("rollout: policy query (numpy snapshot)", policies.NumpyPolicy.sample),
         ("policy forward (update, torch)", policies.Actor.forward),
@@ -44,9 +44,10 @@ def phases() -> list[tuple[str, object]]:
         ("policy update: total", trpo.TRPO.update),
         ("policy update: total", ppo.PPO.update),
         ("  TRPO: conjugate gradient (incl. FVPs)", trust_region.cg_solve),
+        ("  TRPO: Fisher-vector products", policies.Actor.fisher_product),
         ("  TRPO: line search", trust_region.backtracking_line_search),
-        ("critic update", critic.Critic.update_steps),
-        ("whole loop", train._train),
+        ("critic update", critic.CriticUpdate.finish),
+        ("whole run (incl. the final evaluation)", train.run),
     ]
 
 
@@ -71,6 +72,8 @@ def main() -> None:
         overrides += ["algo.cg_iters=15", "critic.minibatch_size=128", "critic.max_grad_norm=null"]
     else:
         overrides += ["algo.epochs=10", "algo.minibatch_size=64", "critic.minibatch_size=64", "critic.lr=3e-4"]
+    if args.env != "HalfCheetah-v5":
+        overrides.append("~tuned")  # the default env group's tuned file is HalfCheetah's
     with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     prof = cProfile.Profile()

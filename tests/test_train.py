@@ -25,6 +25,17 @@ def test_every_config_group_composes_and_validates(algo, env):
     assert cfg.algo.name == algo
 
 
+def test_tuned_files_apply_to_their_task_only(tmp_path):
+    """A tuned file names its task; another env.id with it is an error naming the key, and ~tuned gives
+    the generic defaults."""
+    tuned = make_cfg("algo=trpo", "env=HalfCheetah")
+    assert tuned.tuned.file == "trpo_HalfCheetah" and tuned.env.num_envs == 16
+    generic = make_cfg("algo=trpo", "env=HalfCheetah", "env.id=Swimmer-v5", "~tuned")
+    validate(generic)
+    assert generic.tuned.file is None and generic.env.num_envs == 8 and generic.policy.log_std_init == 0.0
+    assert make_cfg("algo=trpo", "env=Hopper").tuned.file is None
+
+
 def test_misspelt_key_fails_at_compose_time():
     with pytest.raises(Exception, match="lrr"):
         make_cfg("algo.lrr=0.1")
@@ -47,7 +58,12 @@ def test_misspelt_key_fails_at_compose_time():
     (["algo=trpo", "algo.backtrack_coeff=1.5"], "algo.backtrack_coeff"),
     (["algo=trpo", "algo.cg_damping=-0.1"], "algo.cg_damping"),
     (["algo=trpo", "algo.fvp_subsample=0"], "algo.fvp_subsample"),
-    (["algo=kl_penalty", "algo.kl_target=0"], "algo.kl_target"),
+    (["algo=kl_penalty", "algo.target_kl=0"], "algo.target_kl"),
+    (["rollout.workers=8"], "rollout.workers"),
+    (["rollout.workers=-1"], "rollout.workers"),
+    (["rollout.workers=many"], "rollout.workers"),
+    (["env.num_envs=4", "rollout.steps_per_env=10", "critic.minibatch_size=16"], "critic.minibatch_size"),
+    (["env=HalfCheetah", "env.id=Swimmer-v5"], "env.id"),
     (["algo=kl_penalty", "algo.beta=-1"], "algo.beta"),
     (["algo=kl_penalty", "algo.beta_min=10", "algo.beta_max=1"], "algo.beta_min"),
     (["rollout.env_groups=0"], "rollout.env_groups"),
@@ -87,7 +103,7 @@ def test_smoke_run_each_env_and_algo(env, algo, tmp_path):
 
 def test_tensorboard_tags_and_steps(tmp_path):
     run(make_cfg("env=Pendulum", *tiny("total_steps=600", "rollout.steps_per_env=100", "algo.minibatch_size=40",
-                                       algo="ppo")), tmp_path)
+                                       "critic.minibatch_size=40", algo="ppo")), tmp_path)
     acc = EventAccumulator(str(tmp_path))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
@@ -187,19 +203,19 @@ def test_cli_run_and_multirun(tmp_path):
 def test_numpy_blas_runs_one_thread_during_a_run_whatever_torch_threads(tmp_path, monkeypatch):
     from threadpoolctl import threadpool_info
 
-    from rl_trust.rollout import RolloutWorker
+    from rl_trust.rollout import Collector
 
-    seen, collect = [], RolloutWorker.collect
+    seen, collect = [], Collector.collect
 
     def recording_collect(self, *args, **kwargs):
         seen.extend(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
         return collect(self, *args, **kwargs)
 
-    monkeypatch.setattr(RolloutWorker, "collect", recording_collect)
+    monkeypatch.setattr(Collector, "collect", recording_collect)
     before = torch.get_num_threads()
     try:
         run(make_cfg("env=Pendulum", *tiny("total_steps=400", "env.num_envs=2", "rollout.steps_per_env=100",
-                                           "torch_threads=2")), tmp_path)
+                                           "critic.minibatch_size=40", "torch_threads=2")), tmp_path)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

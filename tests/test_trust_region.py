@@ -4,6 +4,7 @@ import torch
 from torch.autograd.functional import hessian
 
 from rl_trust.batch import RolloutBatch
+from rl_trust.config import TRPOConfig
 from rl_trust.policies import Actor
 from rl_trust.updaters.common import policy_data
 from rl_trust.updaters.trpo import TRPO
@@ -12,7 +13,6 @@ from rl_trust.updaters.trust_region import (
     cg_solve,
     conjugate_gradient,
     fisher_vector_product,
-    gaussian_fisher_vector_product,
     get_flat_params,
 )
 
@@ -89,42 +89,34 @@ def test_fisher_vector_product_matches_explicit_kl_hessian(space):
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
-def test_hand_written_gaussian_fvp_matches_the_explicit_kl_hessian(activation):
-    """gaussian_fisher_vector_product (forward- then reverse-mode by hand) against the KL's Hessian."""
+@SPACES
+def test_actor_fisher_product_equals_the_reference_fvp(activation, space):
+    """Actor.fisher_product (forward- then reverse-mode by hand) against fisher_vector_product (double
+    backward through the KL), on every parameter including the log-std."""
     torch.manual_seed(0)
-    actor = Actor(3, gym.spaces.Box(-1, 1, (2,)), [6, 5], activation, log_std_init=-0.5).double()
+    actor = Actor(3, space, [6, 5], activation, log_std_init=-0.5).double()
     with torch.no_grad():
         for p in actor.parameters():
             p.add_(0.3 * torch.randn_like(p))
-    obs = torch.randn(16, 3, dtype=torch.float64)
-    params = list(actor.parameters())
-    with torch.no_grad():
+        obs = torch.randn(16, 3, dtype=torch.float64)
         old = tuple(t.clone() for t in actor(obs))
-    shapes, sizes = [p.shape for p in params], [p.numel() for p in params]
-    names = [n for n, _ in actor.named_parameters()]
-
-    def kl_of_flat(flat):
-        tensors = [t.view(s) for t, s in zip(flat.split(sizes), shapes, strict=True)]
-        new = torch.func.functional_call(actor, dict(zip(names, tensors, strict=True)), (obs,))
-        return actor.dist.kl(old, new).mean()
-
-    H = hessian(kl_of_flat, get_flat_params(params))
-    fvp = gaussian_fisher_vector_product(actor, obs, params, damping=0.1)
+    fvp = actor.fisher_product(obs, damping=0.1)
     for seed in range(3):
-        v = torch.randn(H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-        torch.testing.assert_close(fvp(v), H @ v + 0.1 * v, rtol=1e-9, atol=1e-11)
+        v = torch.randn(sum(p.numel() for p in actor.parameters()), dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(seed))
+        ref = fisher_vector_product(lambda: actor.dist.kl(old, actor(obs)).mean(), list(actor.parameters()), v,
+                                    damping=0.1)
+        torch.testing.assert_close(fvp(v), ref, rtol=1e-9, atol=1e-11)
 
 
 def make_batch(actor, seed=0, T=64, N=4):
     g = torch.Generator().manual_seed(seed)
     obs = torch.randn(T, N, 3, generator=g)
     with torch.no_grad():
-        params = actor(obs)
-        actions = actor.dist.sample(params)
-        logp = actor.dist.log_prob(params, actions)
+        actions = actor.dist.sample(actor(obs))
     adv = torch.randn(T, N, generator=g)
     z = torch.zeros(T, N)
-    return RolloutBatch(obs=obs, next_obs=obs, actions=actions, log_probs=logp, rewards=z, terminated=z.bool(),
+    return RolloutBatch(obs=obs, next_obs=obs, actions=actions, rewards=z, terminated=z.bool(),
                         truncated=z.bool(), values=z, next_values=z, advantages=adv, returns=adv)
 
 
@@ -132,7 +124,7 @@ def make_batch(actor, seed=0, T=64, N=4):
 def test_trpo_update_improves_surrogate_within_kl_bound(space):
     torch.manual_seed(0)
     actor = Actor(3, space, [16], "tanh")
-    trpo = TRPO(actor, list(actor.parameters()), max_kl=0.01)
+    trpo = TRPO(actor, TRPOConfig(max_kl=0.01))
     batch = make_batch(actor)
     data = policy_data(batch, actor)
     before = get_flat_params(trpo.params)
@@ -178,7 +170,7 @@ def test_line_search_accepted_steps_respect_bound_and_rejection_restores_bits():
 
 def test_trpo_nan_loss_is_rejected_counted_and_eventually_fatal():
     actor = Actor(3, gym.spaces.Box(-1, 1, (2,)), [8], "tanh")
-    trpo = TRPO(actor, list(actor.parameters()), max_kl=0.01, max_nan_updates=3)
+    trpo = TRPO(actor, TRPOConfig(max_kl=0.01, max_nan_updates=3))
     batch = make_batch(actor)
     bad = batch.replace(advantages=torch.full_like(batch.advantages, float("nan")))
     before = get_flat_params(trpo.params).clone()

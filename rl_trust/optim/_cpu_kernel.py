@@ -1,14 +1,12 @@
-"""The arTuRO step for CPU tensors as compiled loops (numba): three kinds of pass, no temporaries.
+"""arTuRO's step for CPU tensors as compiled loops (numba), in place, with no full-size temporaries.
 
-The eager torch step is ~40 elementwise passes over a group's state (each op reads and writes whole
-rows). Here one pass per parameter runs the filter update, prepares the dual's two inputs and
-evaluates the dual at the warm start; each further dual evaluation is one reduction over those two
-rows; one pass per parameter writes the new means and precisions. Parameters and gradients are read
-and written in place (no gathering into flat copies). Same arithmetic as ``Arturo``'s eager step,
-except that reassociation and fused multiply-adds are allowed and reductions accumulate in float64;
-``tests/test_arturo.py`` checks it against the eager step and the per-tensor reference.
-
-Compiled on first use (a few seconds) and cached on disk next to this file when that is writable.
+One pass per parameter runs the filter update; each dual evaluation is one reduction that recomputes
+the Newton step's terms from the state (so the kernel needs no scratch rows); one pass per parameter
+writes the new means and precisions. Parameters and gradients are read and written
+where they are. Same arithmetic as ``arturo._eager_arturo`` except that reassociation and fused
+multiply-adds are allowed and reductions accumulate in float64; ``tests/test_arturo.py`` checks it
+against the eager step and the per-tensor reference. Compiled on first use for each dtype and number
+of parameters, and cached on disk next to this file when that is writable.
 """
 
 from __future__ import annotations
@@ -25,98 +23,105 @@ _JIT = dict(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy", n
 
 
 @numba.njit(**_JIT)
-def _filter_pass(mu, g, prec, a, b, p00, p01, p11, u, beta, wd_scale, q, r, floor, reg_prior,
-                 eta, one):  # pragma: no cover - compiled
-    """Filter predict + update in place; u = c/√Λ and β = d/Λ for the dual; returns the dual sums at η.
+def step(mus, grads, state, eps, wd_scale, q, r, floor, reg_prior, nu, inv_denom, eta, iters):  # pragma: no cover
+    """One group's step, in place; returns η, the achieved KL and the dual residual |KL(η) − ε|/ε.
 
-    Scalars come in the arrays' dtype, so the per-element arithmetic stays in it.
+    ``mus``, ``grads``: per parameter, its values and its gradient as flat arrays (tuples); ``state``:
+    the group's ``[6, n]`` rows, columns in parameter order. Scalars are cast to the state's dtype, so
+    the per-element arithmetic stays in it.
     """
-    f = 0.0
-    s3 = 0.0
+    dt = state.dtype.type
+    hp = (dt(wd_scale), dt(floor), dt(reg_prior))
+    off = _offsets(mus)
+    for k in range(len(mus)):
+        cols = slice(off[k], off[k + 1])
+        _filter_pass(mus[k], grads[k], state[1, cols], state[2, cols], state[3, cols], state[4, cols], state[5, cols],
+                     hp[0], dt(q), dt(r))
+    eta = solve_dual(mus, state, hp, eps, eta, iters)
+    raw_kl = 0.5 * _dual_sums(mus, state, hp, dt(eta))[0]
+    scale = math.sqrt(eps / raw_kl) if raw_kl > eps else 1.0  # KL a hair above ε: shrink the step onto the bound
+    for k in range(len(mus)):
+        cols = slice(off[k], off[k + 1])
+        _primal_pass(mus[k], state[0, cols], state[1, cols], state[2, cols], hp, dt(eta), dt(scale), dt(nu),
+                     dt(inv_denom))
+    out = np.empty(3, state.dtype)
+    out[0] = eta
+    out[1] = min(raw_kl, eps)
+    out[2] = abs(raw_kl - eps) / eps if eta > 0 else 0.0  # a slack constraint (η = 0) has no residual
+    return out
+
+
+@numba.njit(**_JIT)
+def solve_dual(mus, state, hp, eps, eta, iters):  # pragma: no cover
+    """``arturo.solve_dual``'s iteration: Newton on (2 KL(η))^{-1/2} from the previous η."""
+    for _ in range(iters):
+        f, s3 = _dual_sums(mus, state, hp, state.dtype.type(eta))
+        if s3 > 0:
+            eta = max(eta + f * (math.sqrt(f / (2.0 * eps)) - 1.0) / s3, 0.0)
+    return eta
+
+
+@numba.njit(**_JIT)
+def _dual_sums(mus, state, hp, eta):  # pragma: no cover
+    """F(η) = Σ Λc²/(d+ηΛ)² (= 2 KL(η)) and Σ Λ²c²/(d+ηΛ)³ (= −F'(η)/2), accumulated in float64."""
+    f = s3 = 0.0
+    one = state.dtype.type(1)
+    off = _offsets(mus)
+    for k in range(len(mus)):
+        cols = slice(off[k], off[k + 1])
+        mu, prec, a, b = mus[k], state[0, cols], state[1, cols], state[2, cols]
+        for i in range(mu.shape[0]):
+            _, c, _, denom = _newton_terms(mu[i], prec[i], a[i], b[i], hp, eta)
+            t = one / denom
+            wt2 = prec[i] * c * c * t * t
+            f += wt2
+            s3 += wt2 * prec[i] * t
+    return f, s3
+
+
+@numba.njit(inline="always", **_JIT)
+def _newton_terms(mu, prec, a, b, hp, eta):  # pragma: no cover
+    """Weight-decayed μ, c = dμ + b, d = ā + λΛ0 and d + ηΛ: the step is Δ(η) = −c / (d + ηΛ)."""
+    wd_scale, floor, reg_prior = hp
+    m = mu * wd_scale
+    d = max(a, floor) + reg_prior
+    return m, d * m + b, d, d + eta * prec
+
+
+@numba.njit(**_JIT)
+def _filter_pass(mu, g, a, b, p00, p01, p11, wd_scale, q, r):  # pragma: no cover
+    """Filter predict (P += qI) and update with regressor h = (1, μ), measurement g, in place."""
     for i in range(mu.shape[0]):
         m = mu[i] * wd_scale
         c00 = p00[i] + q
         c01 = p01[i]
         c11 = p11[i] + q
-        k0 = c00 + c01 * m
+        k0 = c00 + c01 * m  # k = P h
         k1 = c01 + c11 * m
         s = k0 + k1 * m + r
         gain0 = k0 / s
         gain1 = k1 / s
         innovation = g[i] - (b[i] + a[i] * m)
-        bi = b[i] + gain0 * innovation
-        ai = a[i] + gain1 * innovation
-        b[i] = bi
-        a[i] = ai
+        b[i] += gain0 * innovation
+        a[i] += gain1 * innovation
         p00[i] = c00 - gain0 * k0
         p01[i] = c01 - gain0 * k1
         p11[i] = c11 - gain1 * k1
-        d = max(ai, floor) + reg_prior
-        lam = prec[i]
-        be = d / lam
-        ui = (bi + d * m) / np.sqrt(lam)
-        beta[i] = be
-        u[i] = ui
-        t = one / (be + eta)
-        wt2 = ui * ui * t * t
-        f += wt2
-        s3 += wt2 * t
-    return f, s3
 
 
 @numba.njit(**_JIT)
-def _dual_sums(u, beta, eta, one):  # pragma: no cover - compiled
-    """F(η) = Σ u²/(β+η)² (= 2 KL(η)) and Σ u²/(β+η)³ (= −F'(η)/2), accumulated in float64."""
-    f = 0.0
-    s3 = 0.0
-    for i in range(u.shape[0]):
-        t = one / (beta[i] + eta)
-        wt2 = u[i] * u[i] * t * t
-        f += wt2
-        s3 += wt2 * t
-    return f, s3
-
-
-@numba.njit(**_JIT)
-def _primal_pass(mu, prec, u, beta, wd_scale, eta, scale, nu, inv_denom):  # pragma: no cover - compiled
-    """μ ← wd·μ + scale · Δ(η), Δ = −c/(d + ηΛ) = −u/(√Λ (β+η)); Λ ← (d + νΛ)/(λ+ν)."""
+def _primal_pass(mu, prec, a, b, hp, eta, scale, nu, inv_denom):  # pragma: no cover
+    """μ ← wd·μ + scale · Δ(η); Λ ← (d + νΛ)/(λ + ν)."""
     for i in range(mu.shape[0]):
-        lam = prec[i]
-        be = beta[i]
-        mu[i] = mu[i] * wd_scale - u[i] / (np.sqrt(lam) * (be + eta)) * scale
-        prec[i] = (lam * nu + be * lam) * inv_denom
+        m, c, d, denom = _newton_terms(mu[i], prec[i], a[i], b[i], hp, eta)
+        mu[i] = m - c / denom * scale
+        prec[i] = (prec[i] * nu + d) * inv_denom
 
 
-def step(segments: list[tuple[np.ndarray, ...]], u: np.ndarray, beta: np.ndarray, eps: float, wd_scale: float,
-         q: float, r: float, floor: float, reg_prior: float, reg: float, nu: float, eta_prev: float,
-         iters: int) -> tuple[float, float]:
-    """One group's step, in place. ``segments``: per parameter, (μ, g, Λ, a, b, P00, P01, P11, u, β) as
-    1-D arrays (the parameter, its gradient, its slices of the state rows and of the two scratch rows
-    ``u`` and ``beta``). Returns (η, KL(η) of the unscaled step).
-
-    The dual iteration is ``arturo.solve_dual``'s: Newton on (2 KL)^{-1/2} from the previous η, η kept
-    in the parameters' dtype between iterations, then the step scaled onto the bound if KL(η) > ε.
-    """
-    dt = u.dtype.type
-    one, wd = dt(1.0), dt(wd_scale)
-    eta = float(dt(eta_prev))
-    f = s3 = 0.0
-    for mu, g, prec, a, b, p00, p01, p11, us, bs in segments:
-        fi, si = _filter_pass(mu, g, prec, a, b, p00, p01, p11, us, bs, wd, dt(q), dt(r), dt(floor),
-                              dt(reg_prior), dt(eta), one)
-        f += fi
-        s3 += si
-    target = 2.0 * eps
-    for k in range(iters):
-        if k > 0:
-            f, s3 = _dual_sums(u, beta, dt(eta), one)
-        if s3 > 0:
-            eta = eta + f * (math.sqrt(f / target) - 1.0) / s3
-        eta = float(dt(max(eta, 0.0)))
-    f, _ = _dual_sums(u, beta, dt(eta), one)
-    raw_kl = 0.5 * f
-    scale = math.sqrt(eps / raw_kl) if raw_kl > eps else 1.0
-    args = (wd, dt(eta), dt(scale), dt(nu), dt(1.0 / (reg + nu)))
-    for mu, _g, prec, _a, _b, _p00, _p01, _p11, us, bs in segments:
-        _primal_pass(mu, prec, us, bs, *args)
-    return eta, raw_kl
+@numba.njit(**_JIT)
+def _offsets(mus):  # pragma: no cover
+    """Where each parameter's columns start in the state (and, last, the column count)."""
+    off = np.zeros(len(mus) + 1, np.int64)
+    for k in range(len(mus)):
+        off[k + 1] = off[k] + mus[k].size
+    return off

@@ -3,89 +3,75 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from rl_trust.batch import RolloutBatch
-from rl_trust.policies import Actor
+from rl_trust.config import KLPenaltyConfig
+from rl_trust.optim.schedule import linear_decay
+from rl_trust.policies import Actor, Params
 from rl_trust.updaters.common import (
     PolicyData,
-    annealed_lr,
-    gaussian_loss_and_grad,
-    hand_grad_ok,
+    entropy,
+    mean_kl,
     minibatch_epochs,
     policy_data,
     policy_shift,
-    surrogate_objective,
+    surrogate,
 )
 
 
-def adapt_beta(beta: float, kl: float, kl_target: float, beta_min: float, beta_max: float) -> float:
+def adapt_beta(beta: float, kl: float, target_kl: float, beta_min: float, beta_max: float) -> float:
     """The PPO paper's rule: double β when d > 1.5·d_targ, halve it when d < d_targ/1.5; keep it in bounds."""
-    if kl > 1.5 * kl_target:
+    if kl > 1.5 * target_kl:
         beta *= 2.0
-    elif kl < kl_target / 1.5:
+    elif kl < target_kl / 1.5:
         beta /= 2.0
     return min(max(beta, beta_min), beta_max)
 
 
 class KLPenalty:
-    """Maximise E[r A] − β KL(π_old || π) (analytic KL) over minibatch epochs.
+    """Maximise E[r A] − β KL(π_old || π) (analytic KL) + c_ent H over minibatch epochs (Adam).
 
     β adapts once per update from the mean analytic KL over the whole batch after the update
     (``adaptive=False``: fixed β). ``clip_range`` optionally clips the ratio as PPO does as well
     (RLlib's combination); the default is the pure penalty.
     """
 
-    def __init__(self, actor: Actor, *, lr: float, epochs: int, minibatch_size: int, kl_target: float,
-                 beta: float = 1.0, adaptive: bool = True, beta_min: float = 1e-4, beta_max: float = 1e4,
-                 clip_range: float | None = None, ent_coef: float = 0.0, max_grad_norm: float | None = 0.5,
-                 normalize_advantages: bool = True, lr_anneal: bool = True, total_updates: int = 0):
-        self.actor = actor
-        self.params = list(actor.parameters())
-        self.optimizer = torch.optim.Adam(self.params, lr=lr, eps=1e-5, fused=True)
-        self.lr, self.epochs, self.minibatch_size = lr, epochs, minibatch_size
-        self.kl_target, self.beta, self.adaptive = kl_target, beta, adaptive
-        self.beta_min, self.beta_max = beta_min, beta_max
-        self.clip_range, self.ent_coef, self.max_grad_norm = clip_range, ent_coef, max_grad_norm
-        self.normalize_advantages, self.lr_anneal, self.total_updates = normalize_advantages, lr_anneal, total_updates
-        self.num_updates = 0
+    def __init__(self, actor: Actor, cfg: KLPenaltyConfig, *, total_updates: int, seed: int = 0):
+        self.actor, self.cfg = actor, cfg
+        self.optimizer = torch.optim.Adam(actor.parameters(), lr=cfg.lr, eps=1e-5, fused=True)
+        self.scheduler = linear_decay(self.optimizer, total_updates) if cfg.lr_anneal else None
+        self.generator = torch.Generator().manual_seed(seed)  # minibatch order
+        self.beta = cfg.beta
 
-    def loss(self, mb: PolicyData) -> tuple[Tensor, dict[str, Tensor]]:
-        if hand_grad_ok(self.actor):  # the same gradient, written by hand (common.gaussian_loss_and_grad)
-            loss, info = gaussian_loss_and_grad(self.actor, mb, clip_range=self.clip_range,
-                                                normalize_advantages=self.normalize_advantages,
-                                                ent_coef=self.ent_coef, kl_coef=self.beta)
-            info["losses/kl_penalty"] = self.beta * info.pop("kl")
-            return loss, info
-        s = surrogate_objective(self.actor, mb, clip_range=self.clip_range,
-                                normalize_advantages=self.normalize_advantages, hand_grad=True)
-        kl = self.actor.dist.kl(mb.old_params, s.params).mean()
-        s.info["losses/kl_penalty"] = self.beta * kl.detach()
-        return -s.surrogate + self.beta * kl - self.ent_coef * s.entropy, s.info
+    def loss(self, params: Params, mb: PolicyData):
+        surr, info = surrogate(self.actor, params, mb, clip_range=self.cfg.clip_range,
+                               normalize_advantages=self.cfg.normalize_advantages)
+        ent, kl = entropy(self.actor, params), mean_kl(self.actor, mb.old_params, params)
+        info |= {"losses/entropy": ent.value.detach(), "losses/kl_penalty": self.beta * kl.value.detach()}
+        return -surr + self.beta * kl - self.cfg.ent_coef * ent, info
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
-        lr = self.lr
-        if self.lr_anneal:
-            lr = annealed_lr(self.optimizer, self.lr, self.num_updates, self.total_updates)
-        data = policy_data(batch, self.actor, hand_grad=True)
-        beta_used = self.beta
-        out = minibatch_epochs(data, self.loss, self.optimizer, self.params, epochs=self.epochs,
-                               minibatch_size=self.minibatch_size, max_grad_norm=self.max_grad_norm,
-                               target_kl=None)
-        out.pop("approx_kl", None)
-        out.update(policy_shift(self.actor, data))
-        if self.adaptive:
-            self.beta = adapt_beta(self.beta, out["trust_region/kl"], self.kl_target, self.beta_min, self.beta_max)
-        self.num_updates += 1
-        out |= {"trust_region/kl_target": self.kl_target, "trust_region/beta": beta_used,
-                "trust_region/beta_next": self.beta, "charts/policy_lr": lr}
-        if self.actor.continuous:
-            out["policy/std"] = float(self.actor.log_std.detach().exp().mean())
-        return out
+        data = policy_data(batch, self.actor)
+        out = {"charts/policy_lr": self.optimizer.param_groups[0]["lr"], "trust_region/beta": self.beta,
+               "trust_region/target_kl": self.cfg.target_kl}
+        out |= minibatch_epochs(self.actor, data, self.loss, self.optimizer, epochs=self.cfg.epochs,
+                                minibatch_size=self.cfg.minibatch_size, max_grad_norm=self.cfg.max_grad_norm,
+                                target_kl=None, generator=self.generator)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        out |= policy_shift(self.actor, data)
+        if self.cfg.adaptive:
+            self.beta = adapt_beta(self.beta, out["trust_region/kl"], self.cfg.target_kl, self.cfg.beta_min,
+                                   self.cfg.beta_max)
+        return out | {"trust_region/beta_next": self.beta}
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "beta": self.beta, "num_updates": self.num_updates}
+        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(), "beta": self.beta,
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        self.beta, self.num_updates = float(state["beta"]), int(state["num_updates"])
+        self.generator.set_state(state["generator"])
+        self.beta = float(state["beta"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])

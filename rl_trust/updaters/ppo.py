@@ -3,65 +3,46 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from rl_trust.batch import RolloutBatch
-from rl_trust.policies import Actor
-from rl_trust.updaters.common import (
-    PolicyData,
-    annealed_lr,
-    gaussian_loss_and_grad,
-    hand_grad_ok,
-    minibatch_epochs,
-    policy_data,
-    policy_shift,
-    surrogate_objective,
-)
+from rl_trust.config import PPOConfig
+from rl_trust.optim.schedule import linear_decay
+from rl_trust.policies import Actor, Params
+from rl_trust.updaters.common import PolicyData, entropy, minibatch_epochs, policy_data, policy_shift, surrogate
 
 
 class PPO:
     """Maximise E[min(r A, clip(r, 1-ε, 1+ε) A)] + c_ent H over minibatch epochs (Adam)."""
 
-    def __init__(self, actor: Actor, *, lr: float, epochs: int, minibatch_size: int, clip_range: float,
-                 ent_coef: float = 0.0, max_grad_norm: float | None = 0.5, target_kl: float | None = None,
-                 normalize_advantages: bool = True, lr_anneal: bool = True, total_updates: int = 0,
-                 adam_eps: float = 1e-5):
-        self.actor = actor
-        self.params = list(actor.parameters())
-        self.optimizer = torch.optim.Adam(self.params, lr=lr, eps=adam_eps, fused=True)
-        self.lr, self.epochs, self.minibatch_size = lr, epochs, minibatch_size
-        self.clip_range, self.ent_coef, self.max_grad_norm = clip_range, ent_coef, max_grad_norm
-        self.target_kl, self.normalize_advantages = target_kl, normalize_advantages
-        self.lr_anneal, self.total_updates = lr_anneal, total_updates
-        self.num_updates = 0
+    def __init__(self, actor: Actor, cfg: PPOConfig, *, total_updates: int, seed: int = 0):
+        self.actor, self.cfg = actor, cfg
+        self.optimizer = torch.optim.Adam(actor.parameters(), lr=cfg.lr, eps=1e-5, fused=True)
+        self.scheduler = linear_decay(self.optimizer, total_updates) if cfg.lr_anneal else None
+        self.generator = torch.Generator().manual_seed(seed)  # minibatch order
 
-    def loss(self, mb: PolicyData) -> tuple[Tensor, dict[str, Tensor]]:
-        if hand_grad_ok(self.actor):  # the same gradient, written by hand (common.gaussian_loss_and_grad)
-            return gaussian_loss_and_grad(self.actor, mb, clip_range=self.clip_range,
-                                          normalize_advantages=self.normalize_advantages, ent_coef=self.ent_coef)
-        s = surrogate_objective(self.actor, mb, clip_range=self.clip_range,
-                                normalize_advantages=self.normalize_advantages, hand_grad=True)
-        return -s.surrogate - self.ent_coef * s.entropy, s.info
+    def loss(self, params: Params, mb: PolicyData):
+        surr, info = surrogate(self.actor, params, mb, clip_range=self.cfg.clip_range,
+                               normalize_advantages=self.cfg.normalize_advantages)
+        ent = entropy(self.actor, params)
+        info["losses/entropy"] = ent.value.detach()
+        return -surr - self.cfg.ent_coef * ent, info
 
     def update(self, batch: RolloutBatch) -> dict[str, float]:
-        lr = self.lr
-        if self.lr_anneal:
-            lr = annealed_lr(self.optimizer, self.lr, self.num_updates, self.total_updates)
-        data = policy_data(batch, self.actor, hand_grad=True)
-        out = minibatch_epochs(data, self.loss, self.optimizer, self.params, epochs=self.epochs,
-                               minibatch_size=self.minibatch_size, max_grad_norm=self.max_grad_norm,
-                               target_kl=self.target_kl)
-        self.num_updates += 1
-        out.pop("approx_kl", None)
-        out.update(policy_shift(self.actor, data))
-        out["charts/policy_lr"] = lr
-        if self.actor.continuous:
-            out["policy/std"] = float(self.actor.log_std.detach().exp().mean())
-        return out
+        data = policy_data(batch, self.actor)
+        out = {"charts/policy_lr": self.optimizer.param_groups[0]["lr"]}
+        out |= minibatch_epochs(self.actor, data, self.loss, self.optimizer, epochs=self.cfg.epochs,
+                                minibatch_size=self.cfg.minibatch_size, max_grad_norm=self.cfg.max_grad_norm,
+                                target_kl=self.cfg.target_kl, generator=self.generator)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return out | policy_shift(self.actor, data)
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "num_updates": self.num_updates}
+        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        self.num_updates = int(state["num_updates"])
+        self.generator.set_state(state["generator"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from rl_trust.policies import Actor
-
 
 @dataclass(frozen=True)
 class CGResult:
@@ -73,66 +71,12 @@ def fisher_vector_product(kl_fn: Callable[[], Tensor], params: Sequence[Tensor],
     """``(H + damping I) v`` with H the Hessian of the scalar ``kl_fn()`` w.r.t. the flattened ``params``.
 
     Two backward passes, no matrix: ``H v = d/dθ (∇θ KL · v)``. At the old parameters the Hessian
-    of the mean KL is the Fisher information matrix (TRPO appendix C.1).
+    of the mean KL is the Fisher information matrix (TRPO appendix C.1). The reference form: TRPO
+    uses :meth:`rl_trust.policies.Actor.fisher_product`, the same product without double backward.
     """
-    return make_fisher_vector_product(kl_fn, params, damping=damping)(vector)
-
-
-def make_fisher_vector_product(kl_fn: Callable[[], Tensor], params: Sequence[Tensor], *,
-                               damping: float) -> Callable[[Tensor], Tensor]:
-    """A ``matvec`` for CG: the KL forward pass and its first backward are done once and reused."""
     params = list(params)
     grad = flat_grad(kl_fn(), params, create_graph=True)
-
-    def matvec(vector: Tensor) -> Tensor:
-        hv = flat_grad(grad.dot(vector), params, retain_graph=True)
-        return hv + damping * vector
-
-    return matvec
-
-
-def gaussian_fisher_vector_product(actor: Actor, obs: Tensor, params: Sequence[Tensor], *,
-                                   damping: float) -> Callable[[Tensor], Tensor]:
-    """The same ``matvec`` as :func:`make_fisher_vector_product` on the mean KL(π_old ‖ π_θ) at θ = θ_old,
-    for a diagonal Gaussian policy with a state-independent log-std on a plain MLP, written out:
-
-        F v = (1/N) Σ_i J_iᵀ diag(σ⁻²) J_i v_net  ⊕  2 v_log_std
-
-    (J_i: the Jacobian of the mean at observation i; the Hessian of the KL at θ_old, where its
-    mean/log-std cross terms vanish). One forward-mode and one reverse-mode pass through the network
-    per product (:class:`~rl_trust.mlp_grad.MLPGrad`), no double backward. ``params``: the flat
-    vector's layout, the actor's parameters in the updater's order.
-    """
-    manual = actor._mlp_grad
-    with torch.no_grad():
-        _, inputs = manual.forward(obs)
-        scale = torch.exp(-2.0 * actor.log_std.detach()) / len(obs)  # σ⁻² / N
-    net_index = {id(p): i for i, p in enumerate(manual.params)}
-    layout = []  # per parameter of ``params``: (index into manual.params or -1 for log-std, offset, shape)
-    offset = 0
-    for p in params:
-        if p is actor.log_std:
-            layout.append((-1, offset, p.shape))
-        elif id(p) in net_index:
-            layout.append((net_index[id(p)], offset, p.shape))
-        else:
-            raise ValueError("gaussian_fisher_vector_product: a parameter is neither the log-std nor in the network")
-        offset += p.numel()
-
-    @torch.no_grad()
-    def matvec(vector: Tensor) -> Tensor:
-        tangents: list[Tensor] = [None] * len(manual.params)  # type: ignore[list-item]
-        for index, start, shape in layout:
-            if index >= 0:
-                tangents[index] = vector[start:start + shape.numel()].view(shape)
-        grads = manual.gradients(inputs, manual.jvp(inputs, tangents) * scale)
-        out = torch.empty_like(vector)
-        for index, start, shape in layout:
-            n = shape.numel()
-            out[start:start + n] = grads[index].reshape(-1) if index >= 0 else 2.0 * vector[start:start + n]
-        return out.add_(vector, alpha=damping)
-
-    return matvec
+    return flat_grad(grad.dot(vector), params) + damping * vector
 
 
 def get_flat_params(params: Sequence[Tensor]) -> Tensor:
