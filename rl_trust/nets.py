@@ -84,12 +84,14 @@ class MLP(nn.Module):
 
     def __init__(self, sizes: list[int], activation: str, out_gain: float = 1.0, ortho_init: bool = True):
         super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(sizes[:-1], sizes[1:], strict=True))
         self.act = ACTIVATIONS[activation]
-        if ortho_init:
-            for k, linear in enumerate(self.layers):
-                nn.init.orthogonal_(linear.weight, gain=out_gain if k == len(self.layers) - 1 else math.sqrt(2))
+        self.layers = nn.ModuleList()
+        for k, (i, o) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):  # layer by layer: a seed's weights
+            linear = nn.Linear(i, o)                                           # do not depend on the depth
+            if ortho_init:
+                nn.init.orthogonal_(linear.weight, gain=out_gain if k == len(sizes) - 2 else math.sqrt(2))
                 nn.init.zeros_(linear.bias)
+            self.layers.append(linear)
 
     def weights(self) -> list[tuple[Tensor, Tensor]]:
         return [(linear.weight, linear.bias) for linear in self.layers]

@@ -90,6 +90,16 @@ def test_cli_bad_input_one_line_error_nonzero_exit_and_no_run_dir(tmp_path):
     assert proc.returncode != 0 and "env.id='NoSuchEnv-v0'" in proc.stderr
     proc = run_cli("algo=sarsa", cwd=tmp_path)
     assert proc.returncode != 0 and "ppo" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("env.id=Swimmer-v5", cwd=tmp_path)  # under HalfCheetah's tuned file
+    assert proc.returncode == 2 and "env.id='Swimmer-v5'" in proc.stderr and "~tuned" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cfg_job_shows_the_tuned_file_that_applied(tmp_path):
+    proc = run_cli("--cfg", "job", cwd=tmp_path)
+    assert proc.returncode == 0 and "file: trpo_HalfCheetah" in proc.stdout and "env_id: HalfCheetah-v5" in proc.stdout
+    proc = run_cli("--cfg", "job", "env.id=Swimmer-v5", "~tuned", cwd=tmp_path)
+    assert proc.returncode == 0 and "file: null" in proc.stdout and "id: Swimmer-v5" in proc.stdout
 
 
 @pytest.mark.parametrize("algo", ALGOS)

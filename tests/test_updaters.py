@@ -9,7 +9,7 @@ from test_trust_region import make_batch
 from rl_trust.config import KLPenaltyConfig, PPOConfig
 from rl_trust.policies import Actor, Categorical, DiagGaussian
 from rl_trust.updaters import UPDATERS
-from rl_trust.updaters.common import PolicyData, entropy, mean_kl, surrogate
+from rl_trust.updaters.common import PolicyData, entropy, mean_kl, policy_data, surrogate
 from rl_trust.updaters.kl_penalty import KLPenalty, adapt_beta
 
 
@@ -125,3 +125,15 @@ def test_updater_files_hold_no_derivatives(name):
     """An updater writes its loss once; gradients come from the distributions and the network."""
     source = (Path(__file__).parents[1] / "rl_trust" / "updaters" / f"{name}.py").read_text()
     assert not re.search(r"autograd|\.backward\(|_grad\(|jvp|hessian", source)
+
+
+def test_old_policy_is_a_snapshot_not_a_view():
+    """The update changes the log-std in place: the old policy's parameters must not follow it."""
+    actor = Actor(3, gym.spaces.Box(-1, 1, (2,)), [8], "tanh")
+    data = policy_data(make_batch(actor), actor)
+    before = tuple(p.clone() for p in data.old_params)
+    with torch.no_grad():
+        for p in actor.parameters():
+            p.add_(0.5)
+    for a, b in zip(data.old_params, before, strict=True):
+        assert torch.equal(a, b)

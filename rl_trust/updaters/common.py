@@ -62,7 +62,8 @@ def policy_data(batch: RolloutBatch, actor: Actor) -> PolicyData:
     """The batch flattened, with the policy's parameters and log-probabilities before the update (the
     behaviour policy's: the rollout sampled from this same network)."""
     flat = batch.flat()
-    old_params = actor(flat["obs"])
+    # Cloned: a Gaussian's log-std comes out as a view of the parameter, which the update changes in place.
+    old_params = tuple(p.clone() for p in actor(flat["obs"]))
     return PolicyData(flat["obs"], flat["actions"], actor.dist.log_prob(old_params, flat["actions"]),
                       flat["advantages"], old_params)
 
