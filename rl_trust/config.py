@@ -48,7 +48,7 @@ class RolloutConfig:
     # With workers >= 1, how many envs the learner process steps itself (the workers share the rest);
     # each env group is split the same way. auto: 0 with overlap_critic (the learner's waits go to the
     # critic), else an equal share less one env per group (the learner also does every group's
-    # statistics, policy and recording, about one MuJoCo env step each). Batches do not depend on it.
+    # statistics, policy and recording; docs/benchmarks.md, sampling splits). Batches do not depend on it.
     learner_envs: Any = "auto"
 
 
@@ -185,11 +185,11 @@ def in_range(cfg: DictConfig, key: str, low: float, high: float, *, closed: bool
     _require(ok, key, value, f"must lie in {bounds}")
 
 
-def _count(cfg: DictConfig, key: str, low: int, high: int) -> None:
+def _count(cfg: DictConfig, key: str, low: int, high: int, bounds: str) -> None:
     value = OmegaConf.select(cfg, key)
     if value != "auto":
         _require(isinstance(value, int) and not isinstance(value, bool) and low <= value <= high, key, value,
-                 f"'auto' or a count in [{low}, {high}]")
+                 f"'auto' or a count in [{low}, {high}] ({bounds})")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -205,10 +205,11 @@ def validate(cfg: DictConfig) -> None:
                 "critic.epochs", "env.obs_clip", "env.reward_clip"):
         positive(cfg, key)
     num_envs = cfg.env.num_envs
-    _count(cfg, "rollout.workers", 0, num_envs - 1)
-    _count(cfg, "rollout.env_groups", 1, num_envs)
+    _count(cfg, "rollout.workers", 0, num_envs - 1, "at most env.num_envs - 1: the learner steps one env itself")
+    _count(cfg, "rollout.env_groups", 1, num_envs, "at most env.num_envs")
     workers = resolve_workers(cfg.rollout.workers, num_envs)
-    _count(cfg, "rollout.learner_envs", 0, num_envs - max(workers, 1))  # each worker steps at least one env
+    _count(cfg, "rollout.learner_envs", 0, num_envs - max(workers, 1),
+           "at most env.num_envs - rollout.workers: each worker steps at least one env")
     for key in ("gamma", "gae_lambda"):
         in_range(cfg, key, 0.0, 1.0, closed=True)
     for net in ("policy", "critic"):
@@ -221,6 +222,11 @@ def validate(cfg: DictConfig) -> None:
     optional_positive(cfg, "critic.clip_range")
     batch = num_envs * cfg.rollout.steps_per_env
     positive(cfg, "critic.minibatch_size", allow_zero=True)
+    optional_positive(cfg, "critic.lr")
+    positive(cfg, "seed", allow_zero=True)
+    log_std = cfg.policy.log_std_init
+    _require(isinstance(log_std, (int, float)) and math.isfinite(log_std), "policy.log_std_init", log_std,
+             "must be a finite number")
     mb = cfg.critic.minibatch_size
     _require(mb == 0 or batch % mb == 0, "critic.minibatch_size", mb,
              f"0 (the whole batch) or a divisor of the batch size env.num_envs * rollout.steps_per_env = {batch}")
@@ -254,9 +260,9 @@ def _validate_kl_penalty(cfg: DictConfig, batch: int) -> None:
     positive(cfg, "algo.beta_max")
     a = cfg.algo
     _require(a.beta_min <= a.beta_max, "algo.beta_min", a.beta_min, f"must be <= algo.beta_max={a.beta_max}")
-    if a.adaptive:
-        _require(a.beta_min <= a.beta <= a.beta_max, "algo.beta", a.beta,
-                 f"must lie in [algo.beta_min, algo.beta_max] = [{a.beta_min}, {a.beta_max}]")
+    if a.adaptive:  # doubling or halving 0 keeps it 0: an adaptive β must start above 0
+        _require(0 < a.beta and a.beta_min <= a.beta <= a.beta_max, "algo.beta", a.beta,
+                 f"must be > 0 and lie in [algo.beta_min, algo.beta_max] = [{a.beta_min}, {a.beta_max}]")
 
 
 def _validate_trpo(cfg: DictConfig, batch: int) -> None:

@@ -71,8 +71,8 @@ def value_loss(values, returns, old_values, clip_range: float | None, xp) -> tup
     diff_clipped = old_values + xp.clip(step, -clip_range, clip_range) - returns
     sq, sq_clipped = diff * diff, diff_clipped * diff_clipped
     # max's gradient: to the larger branch, half to each on a tie; the clipped one only inside the range.
-    w = xp.where(sq > sq_clipped, 1.0, xp.where(sq < sq_clipped, 0.0, 0.5))
-    grad = (w * diff + (1 - w) * diff_clipped * (abs(step) <= clip_range)) / n
+    d_clipped = diff_clipped * (abs(step) <= clip_range)
+    grad = xp.where(sq > sq_clipped, diff, xp.where(sq < sq_clipped, d_clipped, 0.5 * (diff + d_clipped))) / n
     return 0.5 * xp.maximum(sq, sq_clipped).sum() / n, grad
 
 
@@ -94,8 +94,6 @@ class Critic:
         self.scheduler = linear_decay(self.optimizer, total_updates) if cfg.lr_anneal else None
         self.generator = torch.Generator().manual_seed(seed)
         self.xp = np if self.device.type == "cpu" else torch
-        for p in self.net.parameters():  # gradient buffers the steps write into (numpy views of them on the CPU)
-            p.grad = torch.zeros_like(p)
 
     def _weights(self) -> list:
         return self.net.numpy_weights() if self.xp is np else self.net.weights()
@@ -122,6 +120,9 @@ class Critic:
         xp, weights = self.xp, self._weights()
         obs = self._array(batch.obs.reshape(len(batch), -1))
         returns, old_values = self._array(batch.returns.reshape(-1)), self._array(batch.values.reshape(-1))
+        for p in self.net.parameters():  # gradient buffers the steps write into (numpy views of them on the CPU)
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         grads = [self._array(p.grad) for p in self.net.parameters()]
         for _ in range(self.cfg.epochs):
             for idx in minibatch_indices(len(batch), self.cfg.minibatch_size, self.generator):

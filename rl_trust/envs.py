@@ -3,7 +3,7 @@
 Every vector env uses ``AutoresetMode.SAME_STEP``: the step that ends an episode returns the
 reset observation and puts the true final observation in ``infos["final_obs"]``, so no step of
 a rollout is a fake transition across a reset (docs/architecture.md, "SAME_STEP autoreset").
-Normalisation lives in :mod:`rl_trust.normalization`, applied by the rollout worker, so its
+Normalisation lives in :mod:`rl_trust.normalization`, applied by the collector, so its
 statistics belong to the run's state rather than to a wrapper buried in the env stack.
 """
 
@@ -63,7 +63,8 @@ class EnvGroup:
     (env ``i`` reset with ``seed + i``; an env whose episode ends is reset, without a seed, in the
     same step, its true last observation going to ``final_obs``), without what that class does per
     step that the rollout never reads: merging every env's info dict into arrays, which on MuJoCo
-    costs about a third of the simulator's own time. ``tests/test_rollout.py`` checks the equality.
+    costs a large share of the simulator's own time (docs/benchmarks.md). ``tests/test_rollout.py``
+    checks the equality.
     """
 
     def __init__(self, env_id: str, num_envs: int, **env_kwargs):

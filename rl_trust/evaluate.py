@@ -10,7 +10,9 @@ import torch
 from omegaconf import OmegaConf
 
 from rl_trust import checkpoint
+from rl_trust.config import PolicyConfig
 from rl_trust.envs import make_vec_env
+from rl_trust.errors import ConfigError
 from rl_trust.normalization import ObsNormalizer
 from rl_trust.policies import Actor
 
@@ -47,10 +49,13 @@ def evaluate(actor: Actor, obs_norm: ObsNormalizer, env_id: str, episodes: int, 
 def load_policy(path: str | Path) -> tuple[Actor, ObsNormalizer, dict]:
     """Rebuild the actor and observation normaliser saved in a checkpoint; also return its config."""
     state = checkpoint.load(path)
+    if "collector" not in state:
+        raise ConfigError(f"checkpoint {str(path)!r} was written before commit 58419fd (its networks and state are "
+                          "laid out differently): evaluate it with that version of rl_trust")
     cfg = OmegaConf.create(state["config"])
     envs = make_vec_env(cfg.env.id, 1, **cfg.env.kwargs)
     obs_dim = int(np.prod(envs.single_observation_space.shape))
-    actor = Actor(obs_dim, envs.single_action_space, list(cfg.policy.hidden), cfg.policy.activation)
+    actor = Actor(obs_dim, envs.single_action_space, PolicyConfig(**OmegaConf.to_container(cfg.policy)))
     envs.close()
     actor.load_state_dict(state["actor"])
     obs_norm = ObsNormalizer((obs_dim,))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rl_trust.config import PolicyConfig
 from rl_trust.errors import ConfigError
 from rl_trust.nets import MLP, Cache
 
@@ -146,8 +147,7 @@ class Actor(nn.Module):
     :meth:`fisher_product` are the hand-differentiated forms the updaters' fast paths use.
     """
 
-    def __init__(self, obs_dim: int, action_space: gym.Space, hidden: list[int], activation: str,
-                 log_std_init: float = 0.0, ortho_init: bool = True):
+    def __init__(self, obs_dim: int, action_space: gym.Space, cfg: PolicyConfig):
         super().__init__()
         if isinstance(action_space, gym.spaces.Box):
             act_dim, self.dist = int(np.prod(action_space.shape)), DiagGaussian
@@ -156,8 +156,8 @@ class Actor(nn.Module):
         else:
             raise ConfigError(f"action space {action_space} is not supported (Box or Discrete)")
         # Small last-layer gain: the initial policy is close to uniform/centred (Andrychowicz et al. 2021).
-        self.net = MLP([obs_dim, *hidden, act_dim], activation, out_gain=0.01, ortho_init=ortho_init)
-        self.log_std = nn.Parameter(torch.full((act_dim,), float(log_std_init))) if self.continuous else None
+        self.net = MLP([obs_dim, *cfg.hidden, act_dim], cfg.activation, out_gain=0.01, ortho_init=cfg.ortho_init)
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(cfg.log_std_init))) if self.continuous else None
 
     @property
     def continuous(self) -> bool:

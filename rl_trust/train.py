@@ -66,8 +66,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, float]:
             raise ConfigError(f"env.id={cfg.env.id!r} has observation shape {obs_shape}; MLP policies need 1-D")
         steps_per_update = num_envs * rollout.steps_per_env
         num_updates = cfg.total_steps // steps_per_update
-        actor = Actor(obs_shape[0], envs.single_action_space, list(cfg.policy.hidden), cfg.policy.activation,
-                      cfg.policy.log_std_init, cfg.policy.ortho_init)
+        actor = Actor(obs_shape[0], envs.single_action_space, OmegaConf.to_object(cfg.policy))
         critic = Critic(obs_shape[0], OmegaConf.to_object(cfg.critic), total_updates=num_updates, device=device,
                         seed=cfg.seed + 1)
         updater = make_updater(cfg.algo, actor, total_updates=num_updates, seed=cfg.seed + 2)

@@ -54,6 +54,7 @@ def child(spec: dict) -> dict:
             envs.step(actions[i % 64])
         return {"sps": total / (time.perf_counter() - start)}
     if kind == "sampling":
+        from rl_trust.config import PolicyConfig
         from rl_trust.normalization import ObsNormalizer, RewardScaler
         from rl_trust.policies import Actor
         from rl_trust.rollout import Collector
@@ -64,7 +65,8 @@ def child(spec: dict) -> dict:
         groups = resolve_env_groups("auto", n) if spec["workers"] else 1
         learner_envs = resolve_learner_envs("auto", n, spec["workers"], groups, overlap_critic=False)
         envs = make_envs(env_id, n, spec["workers"], learner_envs=learner_envs, groups=groups)
-        actor = Actor(envs.single_observation_space.shape[0], envs.single_action_space, [64, 64], "tanh")
+        actor = Actor(envs.single_observation_space.shape[0], envs.single_action_space,
+                      PolicyConfig(hidden=[64, 64], activation="tanh"))
         collector = Collector(envs, actor, ObsNormalizer(envs.single_observation_space.shape),
                               RewardScaler(n, 0.99), t, seed=0)
         collector.collect()  # warm-up

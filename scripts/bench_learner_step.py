@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
+from rl_trust.config import PolicyConfig
 from rl_trust.normalization import ObsNormalizer, RewardScaler
 from rl_trust.policies import Actor
 from rl_trust.rollout import Collector
@@ -69,7 +70,7 @@ def main() -> None:
     torch.set_num_threads(1)
     threadpool_limits(limits=1, user_api="blas")
     envs = FreeEnvs(args.num_envs, args.groups, args.obs_dim, args.act_dim)
-    actor = Actor(args.obs_dim, envs.single_action_space, [64, 64], "tanh")
+    actor = Actor(args.obs_dim, envs.single_action_space, PolicyConfig(hidden=[64, 64], activation="tanh"))
     collector = Collector(envs, actor, ObsNormalizer((args.obs_dim,)), RewardScaler(args.num_envs, 0.99), 1000, seed=0)
     collector.collect()  # warm-up
     per_step = []

@@ -34,7 +34,7 @@ def phases() -> list[tuple[str, object]]:
     return [
         ("rollout: total collect()", rollout.Collector.collect),
         ("rollout: env step", workers.InProcessEnvs.step),
-        ("rollout: policy query (numpy snapshot)", policies.NumpyPolicy.sample),
+        ("rollout: policy query (numpy)", policies.NumpyPolicy.sample),
         ("policy forward (update, torch)", policies.Actor.forward),
         ("rollout: obs statistics update", normalization.ObsNormalizer.update),
         ("rollout: obs normalise", normalization.ObsNormalizer.normalize),

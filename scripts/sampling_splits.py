@@ -22,6 +22,7 @@ def child(env_id: str, num_envs: int, learner_envs: int, groups: int) -> str:
     import torch
     from threadpoolctl import threadpool_limits
 
+    from rl_trust.config import PolicyConfig
     from rl_trust.envs import EnvGroup
     from rl_trust.normalization import ObsNormalizer, RewardScaler
     from rl_trust.policies import Actor
@@ -46,8 +47,9 @@ def child(env_id: str, num_envs: int, learner_envs: int, groups: int) -> str:
     ParallelEnvs._wait_group, EnvGroup.step = timed_wait, timed_step
     workers = 0 if learner_envs == num_envs else 1
     envs = make_envs(env_id, num_envs, workers, learner_envs=learner_envs if workers else None, groups=groups)
-    rollout = Collector(envs, Actor(envs.single_observation_space.shape[0], envs.single_action_space, [64, 64],
-                                    "tanh"), ObsNormalizer(envs.single_observation_space.shape),
+    actor = Actor(envs.single_observation_space.shape[0], envs.single_action_space,
+                  PolicyConfig(hidden=[64, 64], activation="tanh"))
+    rollout = Collector(envs, actor, ObsNormalizer(envs.single_observation_space.shape),
                         RewardScaler(num_envs, 0.99), 256, seed=0)
     rollout.collect()
     spent.update(wait=0.0, local=0.0)

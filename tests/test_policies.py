@@ -5,6 +5,7 @@ import torch
 from torch.distributions import Categorical as TorchCategorical
 from torch.distributions import Independent, Normal, kl_divergence
 
+from rl_trust.config import PolicyConfig
 from rl_trust.policies import Actor, Categorical, DiagGaussian
 
 
@@ -44,10 +45,10 @@ def test_sampling_statistics():
 
 
 def test_actor_builds_for_box_and_discrete():
-    box = Actor(3, gym.spaces.Box(-1, 1, (2,)), [8], "tanh", log_std_init=-0.5)
+    box = Actor(3, gym.spaces.Box(-1, 1, (2,)), PolicyConfig(hidden=[8], activation="tanh", log_std_init=-0.5))
     mean, log_std = box(torch.zeros(5, 3))
     assert mean.shape == (5, 2) and torch.all(log_std == -0.5)
-    disc = Actor(3, gym.spaces.Discrete(4), [8], "relu")
+    disc = Actor(3, gym.spaces.Discrete(4), PolicyConfig(hidden=[8], activation="relu"))
     (logits,) = disc(torch.zeros(5, 3))
     assert logits.shape == (5, 4) and disc.log_std is None
 
@@ -85,7 +86,8 @@ def test_actor_gradients_match_autograd(activation, space):
     """Actor.gradients (the network's hand-written backward under per-sample distribution gradients)
     against autograd through Actor.forward, in parameters() order."""
     torch.manual_seed(0)
-    actor = Actor(5, space, [16, 8], activation, log_std_init=-0.5, ortho_init=False).double()
+    cfg = PolicyConfig(hidden=[16, 8], activation=activation, log_std_init=-0.5, ortho_init=False)
+    actor = Actor(5, space, cfg).double()
     obs = torch.randn(32, 5, dtype=torch.float64)
     params, cache = actor.forward_cached(obs)
     weights = tuple(torch.randn_like(t) for t in params)
@@ -102,7 +104,7 @@ def test_numpy_policy_matches_the_actor(activation, space):
     """The rollout's numpy sampling: the same network output as the actor, and samples that follow
     the actor's distribution."""
     torch.manual_seed(0)
-    actor = Actor(5, space, [16, 16], activation, log_std_init=-0.5, ortho_init=False)
+    actor = Actor(5, space, PolicyConfig(hidden=[16, 16], activation=activation, log_std_init=-0.5, ortho_init=False))
     policy = actor.numpy_policy()
     rng = np.random.Generator(np.random.PCG64(0))
     obs = np.random.default_rng(1).standard_normal((6, 5)).astype(np.float32)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from rl_trust.config import PolicyConfig
 from rl_trust.envs import EnvGroup, make_vec_env
 from rl_trust.errors import ConfigError
 from rl_trust.normalization import ObsNormalizer, RewardScaler
@@ -40,7 +41,7 @@ gym.register("rl_trust_test/Counter-v0", entry_point=CounterEnv, max_episode_ste
 def test_no_fake_transition_across_resets_and_final_obs_kept():
     torch.manual_seed(0)
     envs = InProcessEnvs("rl_trust_test/Counter-v0", 3)
-    actor = Actor(2, envs.single_action_space, [8], "tanh")
+    actor = Actor(2, envs.single_action_space, PolicyConfig(hidden=[8], activation="tanh"))
     worker = Collector(envs, actor, ObsNormalizer((2,), enabled=False), RewardScaler(3, 0.99, enabled=False),
                            steps_per_env=40, seed=0)
     batch, stats = worker.collect()
@@ -66,7 +67,8 @@ def test_no_fake_transition_across_resets_and_final_obs_kept():
 def test_box_actions_stored_unclipped():
     torch.manual_seed(0)
     envs = InProcessEnvs("Pendulum-v1", 2)
-    actor = Actor(3, envs.single_action_space, [8], "tanh", log_std_init=2.0)  # std e^2 > the bound of 2
+    # std e^2 > the bound of 2
+    actor = Actor(3, envs.single_action_space, PolicyConfig(hidden=[8], activation="tanh", log_std_init=2.0))
     worker = Collector(envs, actor, ObsNormalizer((3,)), RewardScaler(2, 0.99), steps_per_env=50, seed=0)
     batch, _ = worker.collect()
     assert batch.actions.abs().max() > 2.0  # the sample the policy drew, not the env's clipped action
@@ -88,7 +90,7 @@ def test_unsupported_action_space_is_rejected():
 
 def _collect(envs, seed=0):
     torch.manual_seed(seed)
-    actor = Actor(17, envs.single_action_space, [16], "tanh")
+    actor = Actor(17, envs.single_action_space, PolicyConfig(hidden=[16], activation="tanh"))
     worker = Collector(envs, actor, ObsNormalizer((17,)), RewardScaler(envs.num_envs, 0.99), steps_per_env=40,
                            seed=seed)
     try:
@@ -258,7 +260,7 @@ def test_pipelined_collect_equals_the_plain_loop(env_id, obs_dim, groups):
     kwargs = {"max_episode_steps": 25} if env_id == "Pendulum-v1" else {}
     envs = InProcessEnvs(env_id, 3, env_kwargs=kwargs, groups=groups)
     ref_envs = _PlainEnvs(env_id, 3, kwargs)
-    actor = Actor(obs_dim, envs.single_action_space, [8], "tanh")
+    actor = Actor(obs_dim, envs.single_action_space, PolicyConfig(hidden=[8], activation="tanh"))
     worker = Collector(envs, actor, ObsNormalizer((obs_dim,)), RewardScaler(3, 0.99), steps_per_env=60, seed=0)
     ref_norm, ref_scaler = ObsNormalizer((obs_dim,)), RewardScaler(3, 0.99)
     ref_obs = ref_norm(ref_envs.reset(seed=0))

@@ -4,7 +4,7 @@ import torch
 from torch.autograd.functional import hessian
 
 from rl_trust.batch import RolloutBatch
-from rl_trust.config import TRPOConfig
+from rl_trust.config import PolicyConfig, TRPOConfig
 from rl_trust.policies import Actor
 from rl_trust.updaters.common import policy_data
 from rl_trust.updaters.trpo import TRPO
@@ -58,7 +58,7 @@ def test_cg_on_indefinite_matrix_returns_finite_descent_direction():
 
 def tiny_actor(space):
     torch.manual_seed(0)
-    actor = Actor(3, space, [5], "tanh").double()
+    actor = Actor(3, space, PolicyConfig(hidden=[5], activation="tanh")).double()
     with torch.no_grad():
         for p in actor.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -94,7 +94,7 @@ def test_actor_fisher_product_equals_the_reference_fvp(activation, space):
     """Actor.fisher_product (forward- then reverse-mode by hand) against fisher_vector_product (double
     backward through the KL), on every parameter including the log-std."""
     torch.manual_seed(0)
-    actor = Actor(3, space, [6, 5], activation, log_std_init=-0.5).double()
+    actor = Actor(3, space, PolicyConfig(hidden=[6, 5], activation=activation, log_std_init=-0.5)).double()
     with torch.no_grad():
         for p in actor.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -123,7 +123,7 @@ def make_batch(actor, seed=0, T=64, N=4):
 @SPACES
 def test_trpo_update_improves_surrogate_within_kl_bound(space):
     torch.manual_seed(0)
-    actor = Actor(3, space, [16], "tanh")
+    actor = Actor(3, space, PolicyConfig(hidden=[16], activation="tanh"))
     trpo = TRPO(actor, TRPOConfig(max_kl=0.01))
     batch = make_batch(actor)
     data = policy_data(batch, actor)
@@ -140,7 +140,7 @@ def test_trpo_update_improves_surrogate_within_kl_bound(space):
 
 def test_line_search_accepted_steps_respect_bound_and_rejection_restores_bits():
     torch.manual_seed(1)
-    actor = Actor(3, gym.spaces.Box(-1, 1, (2,)), [16], "tanh")
+    actor = Actor(3, gym.spaces.Box(-1, 1, (2,)), PolicyConfig(hidden=[16], activation="tanh"))
     params = list(actor.parameters())
     batch = make_batch(actor)
     data = policy_data(batch, actor)
@@ -169,7 +169,7 @@ def test_line_search_accepted_steps_respect_bound_and_rejection_restores_bits():
 
 
 def test_trpo_nan_loss_is_rejected_counted_and_eventually_fatal():
-    actor = Actor(3, gym.spaces.Box(-1, 1, (2,)), [8], "tanh")
+    actor = Actor(3, gym.spaces.Box(-1, 1, (2,)), PolicyConfig(hidden=[8], activation="tanh"))
     trpo = TRPO(actor, TRPOConfig(max_kl=0.01, max_nan_updates=3))
     batch = make_batch(actor)
     bad = batch.replace(advantages=torch.full_like(batch.advantages, float("nan")))

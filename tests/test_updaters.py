@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_trust_region import make_batch
 
-from rl_trust.config import KLPenaltyConfig, PPOConfig
+from rl_trust.config import KLPenaltyConfig, PolicyConfig, PPOConfig
 from rl_trust.policies import Actor, Categorical, DiagGaussian
 from rl_trust.updaters import UPDATERS
 from rl_trust.updaters.common import PolicyData, entropy, mean_kl, policy_data, surrogate
@@ -46,13 +46,13 @@ def _updater(actor, **kw):
 
 def test_beta_adapts_once_per_update_from_batch_kl_and_round_trips():
     torch.manual_seed(0)
-    actor = Actor(3, gym.spaces.Box(-1, 1, (2,)), [16], "tanh")
+    actor = Actor(3, gym.spaces.Box(-1, 1, (2,)), PolicyConfig(hidden=[16], activation="tanh"))
     upd = _updater(actor, lr=1e-2, target_kl=1e-6)  # any real step overshoots this target
     m = upd.update(make_batch(actor))
     assert m["trust_region/beta"] == 1.0 and m["trust_region/kl"] > 1.5e-6
     assert upd.beta == 2.0 == m["trust_region/beta_next"]
     state = upd.state_dict()
-    other = _updater(Actor(3, gym.spaces.Box(-1, 1, (2,)), [16], "tanh"))
+    other = _updater(Actor(3, gym.spaces.Box(-1, 1, (2,)), PolicyConfig(hidden=[16], activation="tanh")))
     other.load_state_dict(state)
     assert other.beta == 2.0 and other.scheduler.last_epoch == 1
     assert torch.equal(other.generator.get_state(), upd.generator.get_state())
@@ -60,7 +60,7 @@ def test_beta_adapts_once_per_update_from_batch_kl_and_round_trips():
 
 def test_fixed_beta_stays_fixed():
     torch.manual_seed(0)
-    actor = Actor(3, gym.spaces.Discrete(3), [16], "tanh")
+    actor = Actor(3, gym.spaces.Discrete(3), PolicyConfig(hidden=[16], activation="tanh"))
     upd = _updater(actor, adaptive=False, beta=0.3)
     for seed in range(3):
         upd.update(make_batch(actor, seed=seed))
@@ -72,7 +72,7 @@ def test_minibatch_order_comes_from_the_updater_generator():
     results = []
     for global_seed in (0, 1):
         torch.manual_seed(7)
-        actor = Actor(3, gym.spaces.Box(-1, 1, (2,)), [16], "tanh")
+        actor = Actor(3, gym.spaces.Box(-1, 1, (2,)), PolicyConfig(hidden=[16], activation="tanh"))
         upd = UPDATERS["ppo"](actor, PPOConfig(minibatch_size=32, epochs=2), total_updates=5, seed=3)
         batch = make_batch(actor)
         torch.manual_seed(global_seed)
@@ -91,7 +91,7 @@ def test_loss_gradients_equal_autograd(case):
     the clip's bounds included."""
     torch.manual_seed(0)
     space = gym.spaces.Discrete(4) if case.startswith("discrete") else gym.spaces.Box(-1, 1, (3,))
-    actor = Actor(5, space, [16, 16], "tanh", log_std_init=-0.4).double()
+    actor = Actor(5, space, PolicyConfig(hidden=[16, 16], activation="tanh", log_std_init=-0.4)).double()
     obs = torch.randn(48, 5, dtype=torch.float64)
     with torch.no_grad():
         old = actor(obs)
@@ -129,7 +129,7 @@ def test_updater_files_hold_no_derivatives(name):
 
 def test_old_policy_is_a_snapshot_not_a_view():
     """The update changes the log-std in place: the old policy's parameters must not follow it."""
-    actor = Actor(3, gym.spaces.Box(-1, 1, (2,)), [8], "tanh")
+    actor = Actor(3, gym.spaces.Box(-1, 1, (2,)), PolicyConfig(hidden=[8], activation="tanh"))
     data = policy_data(make_batch(actor), actor)
     before = tuple(p.clone() for p in data.old_params)
     with torch.no_grad():
