@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from rl_trust.batch import RolloutBatch, minibatch_indices
 from rl_trust.config import CriticConfig
 from rl_trust.errors import ConfigError
-from rl_trust.nets import MLP, backward, forward
+from rl_trust.nets import MLP, backward, derivatives, forward
 from rl_trust.optim.schedule import linear_decay
 
 # Named critic optimizers: ``critic.optim=NAME``; ``critic.optim_kwargs.KEY=...`` overrides an argument.
@@ -132,7 +132,7 @@ class Critic:
                 def closure(i=i) -> Tensor:
                     out, inputs = forward(obs[i], weights, self.net.act, xp)
                     loss, grad_out = value_loss(out[:, 0], returns[i], old_values[i], self.cfg.clip_range, xp)
-                    new = backward(grad_out[:, None], weights, self.net.act, inputs, xp)
+                    new = backward(grad_out[:, None], weights, derivatives(inputs, self.net.act, xp), inputs)
                     scale = 1.0
                     if self.cfg.max_grad_norm is not None:  # as nn.utils.clip_grad_norm_
                         norm = math.sqrt(sum(float((g * g).sum()) for g in new))

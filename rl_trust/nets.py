@@ -40,35 +40,46 @@ def forward(x, weights: list[tuple[Any, Any]], act: Activation, xp) -> tuple[Any
     inputs = [x]
     h = x
     for i, (w, b) in enumerate(weights):
-        h = h @ w.T + b
+        h = h @ w.T
+        h += b
         if i < len(weights) - 1:
             h = act.fn(h, xp)
             inputs.append(h)
     return h, inputs
 
 
-def backward(grad_out, weights: list[tuple[Any, Any]], act: Activation, inputs: list[Any], xp) -> list[Any]:
+def derivatives(inputs: list[Any], act: Activation, xp) -> list[Any]:
+    """Each hidden activation's derivative at the point :func:`forward` computed ``inputs`` for."""
+    return [act.grad(h, xp) for h in inputs[1:]]
+
+
+# backward and jvp take the derivatives precomputed: many products share one point (CG's Fisher products).
+# Their in-place updates are on fresh arrays only; they run without autograd.
+def backward(grad_out, weights: list[tuple[Any, Any]], derivs: list[Any], inputs: list[Any]) -> list[Any]:
     """d(loss)/d(weight), d(loss)/d(bias) of each layer given ``grad_out`` = d(loss)/d(output)."""
     grads: list[Any] = []
     g = grad_out
     for i in range(len(weights) - 1, -1, -1):
         grads += [g.sum(0), g.T @ inputs[i]]  # reversed below: (weight, bias) per layer
         if i > 0:
-            g = (g @ weights[i][0]) * act.grad(inputs[i], xp)  # inputs[i] is the previous activation's output
+            g = g @ weights[i][0]
+            g *= derivs[i - 1]
     return grads[::-1]
 
 
-def jvp(tangents: list[tuple[Any, Any]], weights: list[tuple[Any, Any]], act: Activation, inputs: list[Any], xp):
+def jvp(tangents: list[tuple[Any, Any]], weights: list[tuple[Any, Any]], derivs: list[Any], inputs: list[Any]):
     """d(output)/d(weights) · ``tangents`` (a (weight, bias) tangent per layer) at the point whose
     layer inputs are ``inputs``: forward-mode differentiation with the input held fixed."""
     dh = None
     for i, ((w, _), (dw, db)) in enumerate(zip(weights, tangents, strict=True)):
-        dz = inputs[i] @ dw.T + db
+        dz = inputs[i] @ dw.T
+        dz += db
         if dh is not None:
-            dz = dz + dh @ w.T
+            dz += dh @ w.T
         if i == len(weights) - 1:
             return dz
-        dh = dz * act.grad(inputs[i + 1], xp)
+        dz *= derivs[i]
+        dh = dz
 
 
 @dataclass
@@ -76,6 +87,7 @@ class Cache:
     """What a no-grad :meth:`MLP.forward_cached` keeps for :meth:`MLP.backward` and :meth:`MLP.jvp`."""
 
     inputs: list[Tensor]
+    derivs: list[Tensor]
 
 
 class MLP(nn.Module):
@@ -105,18 +117,17 @@ class MLP(nn.Module):
     def forward_cached(self, x: Tensor) -> tuple[Tensor, Cache]:
         """The output for ``x`` [B, in] without an autograd graph, and what :meth:`backward` needs."""
         out, inputs = forward(x, self.weights(), self.act, torch)
-        return out, Cache(inputs)
+        return out, Cache(inputs, derivatives(inputs, self.act, torch))
 
     @torch.no_grad()
     def backward(self, cache: Cache, grad_out: Tensor) -> list[Tensor]:
         """d(loss)/d(parameter) for each of :meth:`parameters` (in order) given d(loss)/d(output)."""
-        return backward(grad_out, self.weights(), self.act, cache.inputs, torch)
+        return backward(grad_out, self.weights(), cache.derivs, cache.inputs)
 
     @torch.no_grad()
     def jvp(self, cache: Cache, tangents: list[Tensor]) -> Tensor:
         """d(output)/d(parameters) · ``tangents`` (one per parameter, in order) at the cached point."""
-        return jvp(list(zip(tangents[::2], tangents[1::2], strict=True)), self.weights(), self.act,
-                   cache.inputs, torch)
+        return jvp(list(zip(tangents[::2], tangents[1::2], strict=True)), self.weights(), cache.derivs, cache.inputs)
 
     def numpy_weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """(weight, bias) per layer as numpy views of the (CPU) parameters: optimizers write in place,
@@ -129,4 +140,4 @@ class MLP(nn.Module):
         return forward(x, weights, self.act, np)
 
     def numpy_backward(self, grad_out: np.ndarray, weights: list, inputs: list) -> list[np.ndarray]:
-        return backward(grad_out, weights, self.act, inputs, np)
+        return backward(grad_out, weights, derivatives(inputs, self.act, np), inputs)
