@@ -28,14 +28,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def phases() -> list[tuple[str, object]]:
-    from rl_trust import advantages, critic, normalization, policies, rollout, train, workers
+    from rl_trust import advantages, critic, envs, nets, normalization, policies, rollout, train
     from rl_trust.updaters import ppo, trpo, trust_region
 
     return [
         ("rollout: total collect()", rollout.Collector.collect),
-        ("rollout: env step", workers.InProcessEnvs.step),
+        ("rollout: env step", envs.EnvGroup.step),
         ("rollout: policy query (numpy)", policies.NumpyPolicy.sample),
-        ("policy forward (update, torch)", policies.Actor.forward),
+        ("policy forward, torch (update and final evaluation)", policies.Actor.forward),
         ("rollout: obs statistics update", normalization.ObsNormalizer.update),
         ("rollout: obs normalise", normalization.ObsNormalizer.normalize),
         ("rollout: reward scaling", normalization.RewardScaler.__call__),
@@ -44,7 +44,7 @@ def phases() -> list[tuple[str, object]]:
         ("policy update: total", trpo.TRPO.update),
         ("policy update: total", ppo.PPO.update),
         ("  TRPO: conjugate gradient (incl. FVPs)", trust_region.cg_solve),
-        ("  TRPO: Fisher-vector products", policies.Actor.fisher_product),
+        ("  TRPO: forward-mode products in the FVPs", nets.MLP.jvp),
         ("  TRPO: line search", trust_region.backtracking_line_search),
         ("critic update", critic.CriticUpdate.finish),
         ("whole run (incl. the final evaluation)", train.run),
