@@ -1,31 +1,192 @@
-"""Atomic checkpoint files: a run's complete state in one ``torch.save`` dict."""
+"""Checkpoint files: a run's complete state, checksummed, written atomically and durably.
+
+A file is one header line, ``RL_TRUST-CHECKPOINT 1 <size> <sha256>``, then the ``torch.save`` bytes
+of the state dict, so a truncated or corrupted file is refused instead of loading garbage (``torch.load``
+checks neither). A write goes to a temporary file in the same directory, is flushed and fsynced, renamed
+over the target and the directory fsynced: a reader sees the old file or the new one, never half of one.
+A process killed mid-write leaves its temporary file; :class:`Checkpointer` removes such leftovers when a
+run starts or resumes.
+
+A run directory holds ``checkpoints/step_<global step>.pt`` (the newest ``keep``, taken every
+``every_steps`` environment steps at an iteration boundary) and ``checkpoint.pt``, the final one.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
-import tempfile
+import re
 from pathlib import Path
 
 import torch
 
+from rl_trust.errors import CheckpointError
 
-def save(path: str | Path, state: dict) -> None:
-    """Write ``state`` to ``path`` through a temporary file and a rename: never half-written."""
+MAGIC = b"RL_TRUST-CHECKPOINT"
+VERSION = 1
+FINAL = "checkpoint.pt"
+SUBDIR = "checkpoints"
+_STEP_FILE = re.compile(r"step_(\d+)\.pt")
+_TMP_MARK = ".tmp-"
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically and durably (temporary file, fsync, rename, fsync of the
+    directory), with the mode a plain ``open`` would give (the umask's)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
     try:
-        torch.save(state, tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _umask_mode())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def dumps(state: dict) -> bytes:
+    """``state`` as checkpoint bytes: the header, then ``torch.save``'s bytes."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    header = b"%s %d %d %s\n" % (MAGIC, VERSION, len(payload), hashlib.sha256(payload).hexdigest().encode())
+    return header + payload
+
+
+def loads(data: bytes, name: str = "checkpoint", map_location: str | torch.device = "cpu") -> dict:
+    """The state dict in checkpoint bytes, after checking the header, the length and the checksum."""
+    if not data:
+        raise CheckpointError(f"{name} is empty")
+    header, sep, payload = data.partition(b"\n")
+    fields = header.split(b" ")
+    if not data.startswith(MAGIC) or not sep or len(fields) != 4:
+        kind = "a plain torch.save file" if data.startswith(b"PK") else "not a file scripts/train.py writes"
+        raise CheckpointError(f"{name} is not an rl_trust checkpoint ({kind}: no rl_trust checkpoint header)")
+    try:
+        version, size, digest = int(fields[1]), int(fields[2]), fields[3].decode()
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{name} has a damaged header") from None
+    if version != VERSION:
+        raise CheckpointError(f"{name} has checkpoint format {version}; this rl_trust reads format {VERSION}")
+    if len(payload) != size:
+        raise CheckpointError(f"{name} is truncated or padded ({len(payload)} bytes of state, the header says {size})")
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise CheckpointError(f"{name} is corrupt (its checksum does not match its contents)")
+    try:
+        # Checkpoints hold numpy arrays (normaliser statistics, env states) and plain config dicts.
+        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
+    except Exception as e:  # a file whose checksum matches but torch cannot read: another tool's
+        raise CheckpointError(f"{name} cannot be read by torch.load ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{name} holds a {type(state).__name__}, not a run's state")
+    return state
+
+
+def save(path: str | Path, state: dict) -> None:
+    """Write ``state`` to ``path`` as a checkpoint (atomic, durable, checksummed)."""
+    write_bytes(path, dumps(state))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint file, or a run directory's newest checkpoint; :class:`CheckpointError` if unusable."""
     path = Path(path)
+    if path.is_dir():
+        found = find(path)
+        if found is None:
+            raise CheckpointError(f"{str(path)!r} is a directory without checkpoints (no {FINAL} or {SUBDIR}/)")
+        path = found
+    if not path.exists():
+        raise CheckpointError(f"{str(path)!r} does not exist")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    # Checkpoints hold numpy arrays (normaliser statistics) and plain config dicts.
-    return torch.load(path, map_location=map_location, weights_only=False)
+        raise CheckpointError(f"{str(path)!r} is not a file")
+    return loads(path.read_bytes(), repr(str(path)), map_location)
+
+
+def step_files(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """The periodic checkpoints under ``run_dir``, as (global step, path), oldest first."""
+    folder = Path(run_dir) / SUBDIR
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.fullmatch(p.name))]
+    return sorted(found)
+
+
+def find(run_dir: str | Path) -> Path | None:
+    """The checkpoint to continue ``run_dir`` from: the final one, else the newest periodic one."""
+    final = Path(run_dir) / FINAL
+    if final.is_file():
+        return final
+    files = step_files(run_dir)
+    return files[-1][1] if files else None
+
+
+def load_latest(run_dir: str | Path) -> tuple[dict, Path, list[str]]:
+    """The newest readable checkpoint of ``run_dir``: (state, its path, a note per newer file skipped as
+    unreadable). :class:`CheckpointError` when there is none."""
+    run_dir = Path(run_dir)
+    candidates = [p for _, p in reversed(step_files(run_dir))]
+    if (run_dir / FINAL).is_file():  # a link to the newest periodic file, unless that is gone
+        candidates.append(run_dir / FINAL)
+    skipped = []
+    for path in candidates:
+        try:
+            return load(path), path, skipped
+        except CheckpointError as e:
+            skipped.append(f"skipped {e}")
+    why = f" ({'; '.join(skipped)})" if skipped else ""
+    raise CheckpointError(f"{str(run_dir)!r} holds no usable checkpoint to resume from{why}")
+
+
+class Checkpointer:
+    """Takes a run's periodic checkpoints: every ``every_steps`` environment steps (0: none), the newest
+    ``keep`` kept, plus the final one (``checkpoint.pt``, a hard link to the last periodic file)."""
+
+    def __init__(self, run_dir: str | Path, every_steps: int, keep: int):
+        self.run_dir, self.every, self.keep = Path(run_dir), every_steps, keep
+        self.folder = self.run_dir / SUBDIR
+        for leftover in self._leftovers():  # from a process killed while writing
+            leftover.unlink(missing_ok=True)
+
+    def _leftovers(self) -> list[Path]:
+        dirs = [d for d in (self.run_dir, self.folder) if d.is_dir()]
+        return [p for d in dirs for p in d.iterdir() if _TMP_MARK in p.name and p.name.startswith(".")]
+
+    def due(self, previous_step: int, step: int) -> bool:
+        """Whether the iteration that took the run from ``previous_step`` to ``step`` crossed an interval."""
+        return self.every > 0 and step // self.every > previous_step // self.every
+
+    def save(self, step: int, state: dict, *, final: bool = False) -> Path:
+        """Write the checkpoint of global step ``step``; with ``final`` also ``checkpoint.pt``. Returns its path."""
+        path = self.folder / f"step_{step:012d}.pt"
+        save(path, state)
+        if final:
+            link = self.run_dir / f".{FINAL}{_TMP_MARK}{os.getpid()}"
+            link.unlink(missing_ok=True)
+            try:
+                os.link(path, link)
+            except OSError:  # no hard links on this filesystem: a second copy
+                write_bytes(link, path.read_bytes())
+            os.replace(link, self.run_dir / FINAL)
+            _fsync_dir(self.run_dir)
+        for _, old in step_files(self.run_dir)[: -self.keep]:
+            old.unlink(missing_ok=True)
+        return path

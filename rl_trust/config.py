@@ -6,6 +6,8 @@ checks ranges and cross-field constraints and raises :class:`ConfigError` naming
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +20,8 @@ from rl_trust.nets import ACTIVATIONS
 from rl_trust.workers import resolve_workers
 
 DEVICES = ("auto", "cpu", "cuda")
+EVAL_SEED_OFFSET = 10_000  # the final evaluation's envs are seeded seed + this
+MAX_SEED = 2**32 - 1 - EVAL_SEED_OFFSET
 
 
 @dataclass
@@ -50,6 +54,8 @@ class RolloutConfig:
     # critic), else an equal share less one env per group (the learner also does every group's
     # statistics, policy and recording; docs/benchmarks.md, sampling splits). Batches do not depend on it.
     learner_envs: Any = "auto"
+    # A worker that has not answered for this long (stopped, or its env stuck in a step) ends the run.
+    worker_timeout_s: float = 60.0
 
 
 @dataclass
@@ -103,7 +109,6 @@ class TRPOConfig:
     fvp_subsample: float = 1.0  # fraction of the batch the Fisher-vector products use
     ent_coef: float = 0.0
     normalize_advantages: bool = True
-    max_nan_updates: int = 10
 
 
 @dataclass
@@ -122,6 +127,12 @@ class KLPenaltyConfig:
     max_grad_norm: float | None = 0.5
     normalize_advantages: bool = True
     lr_anneal: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 100_000  # environment steps between checkpoints (at iteration boundaries); 0: the final one only
+    keep: int = 3  # periodic checkpoints kept (the newest); the final one is kept as checkpoint.pt
 
 
 @dataclass
@@ -146,19 +157,81 @@ class Config:
     gae_lambda: float = 0.95
     torch_threads: int = 1
     eval_episodes: int = 10
-    checkpoint: bool = True
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # Consecutive policy or critic updates with a non-finite result (each undone) before the run stops.
+    max_nonfinite_updates: int = 10
     progress: bool = True
     tuned: TunedConfig = field(default_factory=TunedConfig)
+    # A run directory to continue from its newest checkpoint (scripts/train.py resume=RUN_DIR).
+    resume: str | None = None
 
 
 ALGO_SCHEMAS: dict[str, type] = {"ppo": PPOConfig, "trpo": TRPOConfig, "kl_penalty": KLPenaltyConfig}
+# dataclasses.fields gives the annotations as strings (from __future__ import annotations)
+_DATACLASSES: dict[str, type] = {cls.__name__: cls for cls in (
+    EnvConfig, RolloutConfig, PolicyConfig, CriticConfig, CheckpointConfig, TunedConfig)}
+
+
+def typed(container: dict) -> DictConfig:
+    """A plain config dict (a checkpoint's) as the structured config Hydra composes: the schemas' types."""
+    data = dict(container)
+    algo = data.pop("algo")
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), data)
+    cfg.algo = OmegaConf.merge(OmegaConf.structured(ALGO_SCHEMAS[algo["name"]]), algo)
+    return cfg
+
+
+def _hydra_subdir(run_dir: str) -> str | None:
+    """Where Hydra saves the composed config: ``.hydra``, or nowhere (None) when ``run_dir`` already holds a
+    run, whose own ``.hydra`` must survive the rejected command (scripts/train.py refuses it)."""
+    from rl_trust.runs import holds_run
+
+    return None if holds_run(run_dir) else ".hydra"
 
 
 def register_configs() -> None:
+    OmegaConf.register_new_resolver("rl_trust.hydra_subdir", _hydra_subdir, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    for name, schema in ALGO_SCHEMAS.items():
-        cs.store(group="algo", name=f"{name}_schema", node=schema)
+    for name, schema in ALGO_SCHEMAS.items():  # outside the algo group, so never offered as an algo= option
+        cs.store(group="schema/algo", name=name, node=schema)
+
+
+# Fields whose values are free-form mappings (keyword arguments): their keys are not checked.
+_FREE_FORM = {"env.kwargs", "critic.optim", "critic.optim_kwargs"}
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Every key must be one the schema defines: a key added with + (Hydra's suggestion for a misspelt
+    one) would otherwise be silently ignored. The algo section must be the one its name says."""
+    algo_keys = set(OmegaConf.select(cfg, "algo").keys())
+    name = cfg.algo.name
+    expected = {f.name for f in dataclasses.fields(ALGO_SCHEMAS[name])}
+    if algo_keys != expected:
+        owner = next((n for n, sch in ALGO_SCHEMAS.items() if {f.name for f in dataclasses.fields(sch)} == algo_keys),
+                     None)
+        if owner is not None:
+            raise ConfigError(f"algo.name={name!r} does not match the algo settings, which are algo={owner}'s: "
+                              f"choose the updater with algo={name}, not algo.name")
+    _check_node(cfg, Config, "")
+
+
+def _check_node(node: DictConfig, schema: type, prefix: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in node.keys():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(prefix + c for c in close)}? " if close else ""
+            raise ConfigError(f"{full} is not a config key ({hint}a + adds a key nothing reads): "
+                              f"{'the keys of ' + prefix[:-1] if prefix else 'the top-level keys'} are "
+                              f"{', '.join(sorted(fields))}")
+        if full in _FREE_FORM:
+            continue
+        sub = ALGO_SCHEMAS[node[key].name] if full == "algo" else fields[key].type
+        sub = _DATACLASSES.get(sub, sub) if isinstance(sub, str) else sub
+        if dataclasses.is_dataclass(sub) and isinstance(node[key], DictConfig):
+            _check_node(node[key], sub, f"{full}.")
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -196,6 +269,7 @@ def validate(cfg: DictConfig) -> None:
     """Check every value range and cross-field constraint; raise ConfigError naming the key."""
     algo = OmegaConf.select(cfg, "algo.name")
     _require(algo in ALGO_SCHEMAS, "algo", algo, f"allowed: {', '.join(sorted(ALGO_SCHEMAS))}")
+    check_keys(cfg)
     _require(cfg.device in DEVICES, "device", cfg.device, f"allowed: {', '.join(DEVICES)}")
     tuned = cfg.tuned
     _require(tuned.env_id is None or tuned.env_id == cfg.env.id, "env.id", cfg.env.id,
@@ -223,7 +297,16 @@ def validate(cfg: DictConfig) -> None:
     batch = num_envs * cfg.rollout.steps_per_env
     positive(cfg, "critic.minibatch_size", allow_zero=True)
     optional_positive(cfg, "critic.lr")
-    positive(cfg, "seed", allow_zero=True)
+    seed = cfg.seed
+    _require(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED, "seed", seed,
+             f"must be an integer in [0, {MAX_SEED}] (numpy seeds are 32-bit; the evaluation uses seed + "
+             f"{EVAL_SEED_OFFSET})")
+    positive(cfg, "checkpoint.every_steps", allow_zero=True)
+    _require(isinstance(cfg.checkpoint.every_steps, int), "checkpoint.every_steps", cfg.checkpoint.every_steps,
+             "must be a whole number of environment steps (0: only the final checkpoint)")
+    positive(cfg, "checkpoint.keep")
+    positive(cfg, "rollout.worker_timeout_s")
+    positive(cfg, "max_nonfinite_updates")
     log_std = cfg.policy.log_std_init
     _require(isinstance(log_std, (int, float)) and math.isfinite(log_std), "policy.log_std_init", log_std,
              "must be a finite number")
@@ -266,7 +349,7 @@ def _validate_kl_penalty(cfg: DictConfig, batch: int) -> None:
 
 
 def _validate_trpo(cfg: DictConfig, batch: int) -> None:
-    for key in ("algo.max_kl", "algo.cg_iters", "algo.max_backtracks", "algo.max_nan_updates"):
+    for key in ("algo.max_kl", "algo.cg_iters", "algo.max_backtracks"):
         positive(cfg, key)
     for key in ("algo.cg_damping", "algo.accept_ratio", "algo.ent_coef"):
         positive(cfg, key, allow_zero=True)

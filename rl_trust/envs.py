@@ -10,9 +10,12 @@ statistics belong to the run's state rather than to a wrapper buried in the env 
 from __future__ import annotations
 
 import difflib
+import pickle
+import zlib
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.utils import EzPickle
 from gymnasium.vector import AutoresetMode
 
 from rl_trust.errors import ConfigError
@@ -25,6 +28,41 @@ def check_env_id(env_id: str) -> None:
     close = difflib.get_close_matches(env_id, list(gym.envs.registry.keys()), n=5, cutoff=0.6)
     hint = f"; did you mean one of: {', '.join(close)}" if close else ""
     raise ConfigError(f"env.id={env_id!r} is not a registered Gymnasium environment{hint}")
+
+
+def make_env(env_id: str, **env_kwargs) -> gym.Env:
+    """``gym.make(env_id, **env_kwargs)``, a failure reported as a :class:`ConfigError` naming the option."""
+    check_env_id(env_id)
+    try:
+        return gym.make(env_id, **env_kwargs)
+    except gym.error.DependencyNotInstalled as e:
+        raise ConfigError(f"env.id={env_id!r} needs a package that is not installed: {_one_line(e)}") from None
+    except Exception as e:
+        raise ConfigError(f"env.kwargs={env_kwargs!r} is invalid for {env_id}: {type(e).__name__}: {_one_line(e)}"
+                          if env_kwargs else f"env.id={env_id!r} cannot be made: {type(e).__name__}: {_one_line(e)}"
+                          ) from None
+
+
+def check_env(env_id: str, env_kwargs: dict) -> None:
+    """Make, reset and step one ``env_id`` env in this process, so that a bad ``env.kwargs`` value (one the
+    constructor accepts and the first step trips over) is one line here rather than a worker's traceback."""
+    env = make_env(env_id, **env_kwargs)
+    try:
+        _check_spaces(env_id, env.observation_space, env.action_space, env.close)
+        env.action_space.seed(0)
+        env.reset(seed=0)
+        env.step(env.action_space.sample())
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"env.kwargs={env_kwargs!r}: {env_id} fails on its first reset or step: "
+                          f"{type(e).__name__}: {_one_line(e)}") from None
+    finally:
+        env.close()
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 def _check_spaces(env_id: str, obs_space: gym.Space, act_space: gym.Space, close) -> None:
@@ -56,6 +94,44 @@ def make_vec_env(env_id: str, num_envs: int, *, seed: int | None = None, **env_k
     return envs
 
 
+def env_state(env: gym.Env) -> bytes:
+    """Everything that decides ``env``'s future transitions, as bytes for :func:`restore_env`.
+
+    The wrapper stack pickles as it is (time-limit counters included). Gymnasium's MuJoCo envs pickle
+    as their constructor arguments (``EzPickle``), so their whole ``MjData`` goes along (the integration
+    state alone is not enough: Ant and Humanoid read positions the last step computed) with the env's
+    random generator. Raises ``TypeError`` for an env whose state would be lost that way: any other
+    ``EzPickle`` env (Box2D's, whose bodies cannot be copied), or one that does not pickle at all.
+    """
+    base = env.unwrapped
+    extra = {"np_random": base.np_random.bit_generator.state}
+    if isinstance(base, EzPickle):
+        try:
+            import mujoco
+        except ImportError:  # pragma: no cover - gymnasium[mujoco] is a dependency
+            mujoco = None
+        if mujoco is None or not isinstance(getattr(base, "data", None), mujoco.MjData):
+            raise TypeError(f"{type(base).__name__} pickles as its constructor arguments, not its state")
+        extra["mjdata"] = zlib.compress(pickle.dumps(base.data), 1)
+    try:
+        return pickle.dumps((env, extra), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as e:
+        raise TypeError(f"{type(base).__name__} cannot be pickled ({type(e).__name__}: {e})") from None
+
+
+def restore_env(state: bytes) -> gym.Env:
+    """The env :func:`env_state` saved, continuing exactly where it was."""
+    env, extra = pickle.loads(state)
+    base = env.unwrapped
+    base.np_random.bit_generator.state = extra["np_random"]
+    if "mjdata" in extra:
+        base.data = pickle.loads(zlib.decompress(extra["mjdata"]))
+        renderer = getattr(base, "mujoco_renderer", None)
+        if renderer is not None:
+            renderer.data = base.data
+    return env
+
+
 class EnvGroup:
     """``num_envs`` Gymnasium envs stepped in a plain loop into arrays the caller owns.
 
@@ -74,7 +150,7 @@ class EnvGroup:
         self.envs: list[gym.Env] = []
         try:
             for _ in range(num_envs):
-                self.envs.append(gym.make(env_id, **env_kwargs))
+                self.envs.append(make_env(env_id, **env_kwargs))
         except BaseException:
             self.close()
             raise
@@ -102,6 +178,23 @@ class EnvGroup:
             if term or trunc:
                 o, _ = env.reset()
             obs[j] = o
+
+    def get_state(self) -> list[bytes | str]:
+        """Each env's :func:`env_state`, or for one that cannot be saved the reason (a str)."""
+        out: list[bytes | str] = []
+        for env in self.envs:
+            try:
+                out.append(env_state(env))
+            except TypeError as e:
+                out.append(str(e))
+        return out
+
+    def set_state(self, states: list[bytes]) -> None:
+        """Replace every env by the one :meth:`get_state` saved."""
+        restored = [restore_env(s) for s in states]
+        for env in self.envs:
+            env.close()
+        self.envs = restored
 
     def close(self) -> None:
         for env in self.envs:

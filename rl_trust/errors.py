@@ -1,5 +1,21 @@
-"""The one exception type for bad user input."""
+"""The exception types a run reports as one line (``scripts/train.py`` prints them without a traceback)."""
 
 
 class ConfigError(ValueError):
     """A user-settable option has a bad value; the message names the key and what is allowed."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used (missing, truncated, corrupt, not ours); the message says which."""
+
+
+class WorkerError(RuntimeError):
+    """A rollout worker process died, failed or stopped answering. ``details``: its traceback, if it sent one."""
+
+    def __init__(self, message: str, details: str = ""):
+        super().__init__(message)
+        self.details = details
+
+
+class DivergedError(FloatingPointError):
+    """Updates kept producing non-finite values; the message names the likely cause."""

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from rl_trust import checkpoint
 from rl_trust.config import PolicyConfig
 from rl_trust.envs import make_vec_env
-from rl_trust.errors import ConfigError
+from rl_trust.errors import CheckpointError
 from rl_trust.normalization import ObsNormalizer
 from rl_trust.policies import Actor
 
@@ -47,11 +47,12 @@ def evaluate(actor: Actor, obs_norm: ObsNormalizer, env_id: str, episodes: int, 
 
 
 def load_policy(path: str | Path) -> tuple[Actor, ObsNormalizer, dict]:
-    """Rebuild the actor and observation normaliser saved in a checkpoint; also return its config."""
-    state = checkpoint.load(path)
-    if "collector" not in state:
-        raise ConfigError(f"checkpoint {str(path)!r} was written before commit 58419fd (its networks and state are "
-                          "laid out differently): evaluate it with that version of rl_trust")
+    """Rebuild the actor and observation normaliser saved in a checkpoint (or a run directory's); also return
+    the checkpoint's state."""
+    state = checkpoint.load(path)  # a run directory: its final (else newest) checkpoint
+    missing = [k for k in ("config", "actor", "collector") if k not in state]
+    if missing:
+        raise CheckpointError(f"{str(path)!r} lacks {', '.join(missing)}: not a checkpoint scripts/train.py wrote")
     cfg = OmegaConf.create(state["config"])
     envs = make_vec_env(cfg.env.id, 1, **cfg.env.kwargs)
     obs_dim = int(np.prod(envs.single_observation_space.shape))

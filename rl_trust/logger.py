@@ -14,21 +14,37 @@ from tqdm import tqdm
 
 class Logger:
     """Writes each iteration's metrics at its global step; ``time/sps`` counts every env step collected
-    so far (with the critic overlapping the next rollout, an iteration is logged after that rollout)."""
+    so far (with the critic overlapping the next rollout, an iteration is logged after that rollout).
+
+    A resumed run passes the checkpoint's ``state`` and ``start_step``: the event stream continues in
+    the same directory, TensorBoard dropping whatever the interrupted run wrote after ``start_step``
+    (``purge_step``); the progress bar, the step and time counts and the recent returns carry on.
+    A non-finite value is written as it is (TensorBoard shows NaN) and counted in ``logger/nonfinite``;
+    the first one of each tag is also reported on stderr.
+    """
 
     def __init__(self, log_dir: str, total_steps: int, config_yaml: str, *, progress: bool = True,
-                 line_interval_s: float = 10.0):
-        self.writer = SummaryWriter(log_dir)
-        self.writer.add_text("config", "```yaml\n" + config_yaml + "\n```", 0)
+                 line_interval_s: float = 10.0, start_step: int = 0, state: dict | None = None):
+        self.writer = SummaryWriter(log_dir, purge_step=start_step + 1 if state is not None else None)
+        if state is None:
+            self.writer.add_text("config", "```yaml\n" + config_yaml + "\n```", 0)
         self.total_steps = total_steps
         self.interactive = progress and sys.stderr.isatty()
-        self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True) if self.interactive else None
+        self.bar = (tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+                    if self.interactive else None)
         self.line_interval_s, self.last_line = line_interval_s, -math.inf
         self.progress = progress
-        self.step = 0
-        self.steps_collected = 0
-        self.returns: deque[float] = deque(maxlen=20)  # the progress display's recent episodes
-        self.start = time.perf_counter()
+        self.step = start_step
+        state = state or {}
+        self.steps_collected = int(state.get("steps_collected", 0))
+        self.returns: deque[float] = deque(state.get("returns", ()), maxlen=20)  # the display's recent episodes
+        self.nonfinite = int(state.get("nonfinite", 0))
+        self._reported: set[str] = set(state.get("reported", ()))
+        self.start = time.perf_counter() - float(state.get("elapsed", 0.0))  # active time only, not downtime
+
+    def state_dict(self) -> dict:
+        return {"steps_collected": self.steps_collected, "returns": list(self.returns), "elapsed": self.elapsed(),
+                "nonfinite": self.nonfinite, "reported": sorted(self._reported)}
 
     def __enter__(self) -> Logger:
         return self
@@ -51,8 +67,17 @@ class Logger:
         """Write ``metrics`` (and ``time/sps``) at ``step``; update the progress display."""
         sps = self.steps_collected / self.elapsed()
         for key, value in (metrics | {"time/sps": sps}).items():
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                self.writer.add_scalar(key, value, step)
+            if not isinstance(value, (int, float)):
+                continue
+            if not math.isfinite(value):
+                self.nonfinite += 1
+                if key not in self._reported:
+                    self._reported.add(key)
+                    print(f"note: {key} is {value} at step {step} (logged as it is; count in logger/nonfinite)",
+                          file=sys.stderr, flush=True)
+            self.writer.add_scalar(key, value, step)
+        if self.nonfinite:
+            self.writer.add_scalar("logger/nonfinite", self.nonfinite, step)
         recent = self.recent_return()
         if self.bar is not None:
             self.bar.update(step - self.step)

@@ -120,11 +120,29 @@ class Collector:
         return np.minimum(action, self.high, out=action)  # np.clip without its Python wrapper
 
     def state_dict(self) -> dict:
+        """Everything the next :meth:`collect` depends on, taken between collects: the normalisers, the
+        action noise's generator, the observation to act on, the episodes in flight and each env's own
+        state (:meth:`Envs.get_state`: a str, the reason, for an env that cannot be saved)."""
         return {"obs_norm": self.obs_norm.state_dict(), "reward_scaler": self.reward_scaler.state_dict(),
-                "rng": self.rng.bit_generator.state}
+                "rng": self.rng.bit_generator.state, "obs": self.obs.copy(), "ep_return": self.ep_return.copy(),
+                "ep_length": self.ep_length.copy(), "envs": self.envs.get_state()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> str | None:
+        """Continue from ``state``. Returns None when the envs continue exactly, else why they could not:
+        then every env starts a fresh episode (reset with a seed drawn from the restored generator) and
+        the normalisers keep their statistics."""
         self.obs_norm.load_state_dict(state["obs_norm"])
         self.reward_scaler.load_state_dict(state["reward_scaler"])
-        if "rng" in state:
-            self.rng.bit_generator.state = state["rng"]
+        self.rng.bit_generator.state = state["rng"]
+        lost = next((s for s in state["envs"] if isinstance(s, str)), None)
+        if lost is None:
+            self.envs.set_state(state["envs"])
+            self.obs = np.array(state["obs"], np.float32)
+            self.ep_return = np.array(state["ep_return"], np.float64)
+            self.ep_length = np.array(state["ep_length"], np.int64)
+            return None
+        self.obs = self.obs_norm.normalize(self.envs.reset(seed=int(self.rng.integers(2**31))))
+        self.ep_return[:] = 0.0
+        self.ep_length[:] = 0
+        self.reward_scaler.ret[:] = 0.0
+        return lost

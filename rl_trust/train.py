@@ -1,4 +1,4 @@
-"""The training loop: collect → critic values → GAE → policy update → critic update → log."""
+"""The training loop: collect → critic values → GAE → policy update → critic update → log → checkpoint."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +16,21 @@ from threadpoolctl import threadpool_limits
 
 from rl_trust import checkpoint
 from rl_trust.advantages import gae
-from rl_trust.config import validate
-from rl_trust.critic import Critic
-from rl_trust.errors import ConfigError
+from rl_trust.config import EVAL_SEED_OFFSET, validate
+from rl_trust.critic import PRESETS, Critic
+from rl_trust.envs import check_env
+from rl_trust.errors import ConfigError, DivergedError
 from rl_trust.evaluate import evaluate
+from rl_trust.guard import Guard
 from rl_trust.logger import Logger
 from rl_trust.normalization import ObsNormalizer, RewardScaler
 from rl_trust.policies import Actor
 from rl_trust.rollout import Collector, EpisodeStats
 from rl_trust.updaters import make_updater
 from rl_trust.workers import make_envs, resolve_env_groups, resolve_learner_envs, resolve_workers
+
+# metrics.json keys that measure wall-clock time: the only ones a resumed run does not reproduce exactly.
+WALL_CLOCK_KEYS = ("train/time_s", "train/sps")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,10 +47,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, float]:
-    """Train as ``cfg`` says, write events, checkpoint and ``metrics.json`` to ``out_dir``; return the metrics.
+def global_rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
-    ``metrics.json`` is written last, so its presence marks a finished run.
+
+def set_global_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def _hints(cfg: DictConfig) -> tuple[str, str]:
+    """What most likely makes the policy's or the critic's updates non-finite, in the run's settings."""
+    env = "or non-finite observations or rewards from the env"
+    policy = (f"too large a trust region (algo.max_kl={cfg.algo.max_kl}), {env}" if cfg.algo.name == "trpo"
+              else f"too large a learning rate (algo.lr={cfg.algo.lr}), {env}")
+    optim = cfg.critic.optim if isinstance(cfg.critic.optim, str) else cfg.critic.optim.get("_target_")
+    lr = cfg.critic.lr if cfg.critic.lr is not None else PRESETS.get(optim, {}).get("lr", "its default")
+    return policy, f"too large a critic step (critic.optim={optim}, critic.lr={lr}), {env}"
+
+
+def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None = None) -> dict[str, float]:
+    """Train as ``cfg`` says, writing events, checkpoints and ``metrics.json`` to ``out_dir``; return the metrics.
+
+    ``resume``: a checkpoint's state (:func:`rl_trust.checkpoint.load_latest`) to continue from, in
+    ``out_dir``; the run then ends exactly as it would have without the interruption (apart from
+    :data:`WALL_CLOCK_KEYS`; docs/reliability.md). Checkpoints are taken every ``checkpoint.every_steps``
+    at an iteration boundary and at the end, before the final evaluation; ``metrics.json`` is written
+    last, so its presence marks a finished run.
     """
     validate(cfg)
     out_dir = Path(out_dir or os.getcwd())
@@ -52,6 +91,13 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, float]:
     torch.set_num_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
     num_envs, rollout = cfg.env.num_envs, cfg.rollout
+    steps_per_update = num_envs * rollout.steps_per_env
+    num_updates = cfg.total_steps // steps_per_update
+    total = num_updates * steps_per_update
+    if total != cfg.total_steps and resume is None:
+        note(f"total_steps={cfg.total_steps} is not a multiple of the batch (env.num_envs * rollout.steps_per_env "
+             f"= {steps_per_update}): training {total} steps ({num_updates} updates)")
+    check_env(cfg.env.id, dict(cfg.env.kwargs))
     workers = resolve_workers(rollout.workers, num_envs)
     groups = resolve_env_groups(rollout.env_groups, num_envs)
     learner_envs = resolve_learner_envs(rollout.learner_envs, num_envs, workers, groups, rollout.overlap_critic)
@@ -59,13 +105,12 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, float]:
         # numpy only does small products here (the per-step policy, the critic's minibatches), where a
         # second BLAS thread costs more than it gives and spins on the cores the workers step envs on.
         stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
-        envs = make_envs(cfg.env.id, num_envs, workers, dict(cfg.env.kwargs), learner_envs, groups)
+        envs = make_envs(cfg.env.id, num_envs, workers, dict(cfg.env.kwargs), learner_envs, groups,
+                         timeout_s=rollout.worker_timeout_s)
         stack.callback(envs.close)  # also on error: worker processes end with the run
         obs_shape = envs.single_observation_space.shape
         if len(obs_shape) != 1:
             raise ConfigError(f"env.id={cfg.env.id!r} has observation shape {obs_shape}; MLP policies need 1-D")
-        steps_per_update = num_envs * rollout.steps_per_env
-        num_updates = cfg.total_steps // steps_per_update
         actor = Actor(obs_shape[0], envs.single_action_space, OmegaConf.to_object(cfg.policy))
         critic = Critic(obs_shape[0], OmegaConf.to_object(cfg.critic), total_updates=num_updates, device=device,
                         seed=cfg.seed + 1)
@@ -74,51 +119,102 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, float]:
             envs, actor, ObsNormalizer(obs_shape, enabled=cfg.env.normalize_obs, clip=cfg.env.obs_clip),
             RewardScaler(num_envs, cfg.gamma, enabled=cfg.env.normalize_reward, clip=cfg.env.reward_clip),
             rollout.steps_per_env, seed=cfg.seed)
-        logger = stack.enter_context(Logger(str(out_dir), num_updates * steps_per_update,
-                                            OmegaConf.to_yaml(cfg, resolve=True), progress=cfg.progress))
+        policy_hint, critic_hint = _hints(cfg)
+        guards = {"policy": Guard("policy", [actor, updater], actor.parameters, policy_hint, cfg.max_nonfinite_updates),
+                  "critic": Guard("critic", [critic], critic.net.parameters, critic_hint, cfg.max_nonfinite_updates)}
+        checkpointer = checkpoint.Checkpointer(out_dir, cfg.checkpoint.every_steps, cfg.checkpoint.keep)
+        global_step = 0
+        if resume is not None:
+            global_step = _restore(resume, cfg, actor, critic, updater, collector, guards)
+            if global_step < total:  # an extended run is not finished any more
+                (out_dir / "metrics.json").unlink(missing_ok=True)
+                (out_dir / checkpoint.FINAL).unlink(missing_ok=True)
+        logger = stack.enter_context(Logger(str(out_dir), total, OmegaConf.to_yaml(cfg, resolve=True),
+                                            progress=cfg.progress, start_step=global_step,
+                                            state=None if resume is None else resume["logger"]))
+        saved = {"path": None, "warned": False}
+
+        def save(final: bool = False) -> None:
+            state = {"actor": actor.state_dict(), "critic": critic.state_dict(), "updater": updater.state_dict(),
+                     "collector": collector.state_dict(), "guards": {k: g.state_dict() for k, g in guards.items()},
+                     "logger": logger.state_dict(), "rng": global_rng_state(), "global_step": global_step,
+                     "config": OmegaConf.to_container(cfg, resolve=True) | {"resume": None}}
+            lost = next((s for s in state["collector"]["envs"] if isinstance(s, str)), None)
+            if lost is not None and not saved["warned"]:
+                saved["warned"] = True
+                note(f"{cfg.env.id}'s state cannot be saved ({lost}): a run resumed from these checkpoints starts "
+                     "fresh episodes and is not bit-exact (docs/reliability.md)")
+            saved["path"] = checkpointer.save(global_step, state, final=final)
+
+        def finish(job) -> dict[str, float]:
+            try:
+                result = job.finish()
+            except FloatingPointError:
+                result = None
+            return guards["critic"].end(result, global_step)
 
         # The critic's update of batch k only has to end before batch k+1's values are computed, so with
         # rollout.overlap_critic it steps while the workers step the envs for batch k+1 and finishes after:
         # the same data dependencies as the sequential loop, so the same results (tests/test_train.py).
-        job, metrics, global_step = None, {}, 0
-        for _ in range(num_updates):
-            batch, episodes = collector.collect(idle=job.step if job is not None else None)
-            logger.collected(batch, episodes)
-            if job is not None:
-                logger.log(metrics | job.finish(), global_step)
-            batch = critic.evaluate(batch)
-            advantages, returns = gae(batch.rewards, batch.values, batch.next_values, batch.terminated,
-                                      batch.truncated, gamma=cfg.gamma, lam=cfg.gae_lambda)
-            batch = batch.replace(advantages=advantages, returns=returns)
-            metrics = updater.update(batch) | episode_metrics(episodes)
-            global_step += len(batch)
-            job = critic.start_update(batch)
-            if not rollout.overlap_critic:
-                logger.log(metrics | job.finish(), global_step)
-                job = None
-        if job is not None:
-            logger.log(metrics | job.finish(), global_step)
+        # Before a checkpoint it finishes at once, so that a checkpoint never holds an update in flight.
+        job, metrics = None, {}
+        try:
+            for _ in range(global_step // steps_per_update, num_updates):
+                batch, episodes = collector.collect(idle=job.step if job is not None else None)
+                logger.collected(batch, episodes)
+                if job is not None:
+                    logger.log(metrics | finish(job), global_step)
+                batch = critic.evaluate(batch)
+                advantages, returns = gae(batch.rewards, batch.values, batch.next_values, batch.terminated,
+                                          batch.truncated, gamma=cfg.gamma, lam=cfg.gae_lambda)
+                batch = batch.replace(advantages=advantages, returns=returns)
+                previous_step, global_step = global_step, global_step + len(batch)
+                guards["policy"].begin()
+                try:
+                    result = updater.update(batch)
+                except FloatingPointError:
+                    result = None
+                metrics = guards["policy"].end(result, global_step) | episode_metrics(episodes)
+                guards["critic"].begin()
+                job = critic.start_update(batch)
+                due = checkpointer.due(previous_step, global_step) and global_step < total
+                if not rollout.overlap_critic or due or global_step == total:
+                    logger.log(metrics | finish(job), global_step)
+                    job = None
+                if due:
+                    save()
+        except DivergedError as e:
+            last = f"the last good checkpoint is {saved['path']}" if saved["path"] else "no checkpoint was taken yet"
+            raise DivergedError(f"{e}; {last}") from None
+        save(final=True)  # before the evaluation: a failure there loses no training
         train_time = logger.elapsed()  # training only: not the envs' or workers' shutdown
         recent_return = logger.recent_return()
 
-    result = evaluate(actor, collector.obs_norm, cfg.env.id, cfg.eval_episodes, seed=cfg.seed + 10_000,
+    result = evaluate(actor, collector.obs_norm, cfg.env.id, cfg.eval_episodes, seed=cfg.seed + EVAL_SEED_OFFSET,
                       env_kwargs=dict(cfg.env.kwargs))
     result |= {
         "train/global_step": float(global_step),
         "train/time_s": train_time,
-        "train/sps": global_step / train_time,
+        "train/sps": global_step / train_time if train_time > 0 else float("nan"),
         "train/recent_return": recent_return,
     }
-    if cfg.checkpoint:
-        checkpoint.save(out_dir / "checkpoint.pt", {
-            "actor": actor.state_dict(), "critic": critic.state_dict(), "updater": updater.state_dict(),
-            "collector": collector.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
-            "global_step": global_step,
-        })
-    tmp = out_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out_dir / "metrics.json")
+    checkpoint.write_bytes(out_dir / "metrics.json", json.dumps(result, indent=2).encode())
     return result
+
+
+def _restore(state: dict, cfg: DictConfig, actor, critic, updater, collector, guards) -> int:
+    """Load a checkpoint's state into the freshly built objects; returns its global step."""
+    actor.load_state_dict(state["actor"])
+    critic.load_state_dict(state["critic"])
+    updater.load_state_dict(state["updater"])
+    lost = collector.load_state_dict(state["collector"])
+    if lost is not None:
+        note(f"{cfg.env.id}'s state could not be saved ({lost}): the resumed run starts fresh episodes, so it is "
+             "not bit-exact (docs/reliability.md)")
+    for name, guard in guards.items():
+        guard.load_state_dict(state["guards"][name])
+    set_global_rng_state(state["rng"])
+    return int(state["global_step"])
 
 
 def episode_metrics(episodes: EpisodeStats) -> dict[str, float]:

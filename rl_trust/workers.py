@@ -24,8 +24,12 @@ on the worker count.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
+import pickle
+import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -37,8 +41,9 @@ import gymnasium as gym
 import numpy as np
 
 from rl_trust.envs import EnvGroup
+from rl_trust.errors import WorkerError
 
-_RESET, _CLOSE = b"r", b"c"
+_RESET, _CLOSE, _GET_STATE, _SET_STATE = b"r", b"c", b"g", b"s"
 _SPIN_S = 0.002  # a worker spins this long for the next step before backing off to 0.2 ms sleeps
 _CHECK_S = 0.05  # the learner looks for worker errors at most this often while stepping (and while waiting)
 
@@ -69,6 +74,10 @@ class Envs(Protocol):
     def step_wait(self, idle: Callable[[], bool] | None = None, group: int | None = None) -> StepResult: ...
 
     def close(self) -> None: ...
+
+    def get_state(self) -> list[bytes | str]: ...
+
+    def set_state(self, states: list[bytes]) -> None: ...
 
 
 def group_bounds(num_envs: int, groups: int) -> list[tuple[int, int]]:
@@ -156,6 +165,13 @@ class InProcessEnvs:
         self.envs.step(actions, *out, start=lo, stop=hi)
         return StepResult(*(a.copy() for a in out))
 
+    def get_state(self) -> list[bytes | str]:
+        """Every env's saved state, by global index (see :meth:`EnvGroup.get_state`)."""
+        return self.envs.get_state()
+
+    def set_state(self, states: list[bytes]) -> None:
+        self.envs.set_state(states)
+
     def close(self) -> None:
         self.envs.close()
 
@@ -184,10 +200,22 @@ class _Shared:
         return num_envs * (act + 2 * obs + 8 + 2) + 6 * 8
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel kill this process when the learner dies, however it dies (kill -9 included)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the learner died before the line above took effect
+        os._exit(1)
+
+
 def _worker(conn: Connection, buffer, ctrl_buffer, w: int, env_id: str, env_kwargs: dict, num_envs: int,
-            parts: list[tuple[int, int]]) -> None:
+            parts: list[tuple[int, int]], parent_pid: int) -> None:
     """A worker process: steps its part ``parts[g]`` (a global env range) of group ``g`` each time that
     group's request counter moves."""
+    _die_with_parent(parent_pid)
     try:
         ids = np.concatenate([np.arange(lo, hi) for lo, hi in parts])  # its envs, by global index
         envs = EnvGroup(env_id, len(ids), **env_kwargs)
@@ -227,6 +255,12 @@ def _worker(conn: Connection, buffer, ctrl_buffer, w: int, env_id: str, env_kwar
             if cmd[:1] == _RESET:
                 seed = int(cmd[1:]) if len(cmd) > 1 else None
                 sh.obs[ids] = envs.reset(seed=seed, ids=ids)
+            elif cmd == _GET_STATE:
+                conn.send_bytes(b"S" + pickle.dumps(envs.get_state()))
+                idle_since = time.perf_counter()
+                continue
+            elif cmd[:1] == _SET_STATE:
+                envs.set_state(pickle.loads(cmd[1:]))
             elif cmd == _CLOSE:
                 envs.close()
                 conn.send_bytes(b"bye")
@@ -246,12 +280,14 @@ class ParallelEnvs:
     """``num_envs`` envs over the learner plus ``workers`` processes (see the module docstring)."""
 
     def __init__(self, env_id: str, num_envs: int, workers: int, env_kwargs: dict | None = None,
-                 learner_envs: int | None = None, groups: int = 1):
+                 learner_envs: int | None = None, groups: int = 1, timeout_s: float = 60.0):
         self.groups = group_bounds(num_envs, groups)
+        self.timeout_s = timeout_s  # a worker silent this long is taken for stopped or deadlocked
         env_kwargs = dict(env_kwargs or {})
         if learner_envs is None:  # an equal share for the learner and each worker
             learner_envs = round(num_envs / (workers + 1))
         self.local_parts, worker_parts = split_envs(num_envs, self.groups, workers, learner_envs)
+        self._worker_ids = [np.concatenate([np.arange(lo, hi) for lo, hi in parts]) for parts in worker_parts]
         self.local_ids = np.concatenate([np.arange(lo, hi) for lo, hi in self.local_parts])
         # The learner's envs (stepped in step_async), or one unstepped env for the spaces when it has none.
         probe = EnvGroup(env_id, max(learner_envs, 1), **env_kwargs)
@@ -283,7 +319,7 @@ class ParallelEnvs:
             for w in range(workers):
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(target=_worker, args=(child, self._buffer, self._ctrl_buffer, w, env_id,
-                                                         env_kwargs, num_envs, worker_parts[w]),
+                                                         env_kwargs, num_envs, worker_parts[w], os.getpid()),
                                    daemon=True, name=f"rl_trust-rollout-{w}")
                 proc.start()
                 child.close()
@@ -295,41 +331,67 @@ class ParallelEnvs:
             self.close()
             raise
 
-    def _wait(self, w: int, expect: bytes = b"d") -> None:
+    def _died(self, w: int) -> WorkerError:
+        proc = self.procs[w]
+        proc.join(1.0)
+        code = proc.exitcode
+        if code is not None and code < 0:
+            try:
+                how = f"was killed by signal {-code} ({signal.Signals(-code).name})"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
+        return WorkerError(f"rollout worker {w} (pid {proc.pid}) {how}")
+
+    def _failed(self, w: int, msg: bytes) -> WorkerError:
+        details = msg[1:].decode(errors="replace")
+        last = details.strip().splitlines()[-1] if details.strip() else "no traceback"
+        return WorkerError(f"rollout worker {w} (pid {self.procs[w].pid}) failed: {last}", details)
+
+    def _silent(self, w: int) -> WorkerError:
+        return WorkerError(f"rollout worker {w} (pid {self.procs[w].pid}) has not answered for {self.timeout_s:g} s "
+                           "(rollout.worker_timeout_s): it is stopped, or its env is stuck in a step")
+
+    def _reply(self, w: int, expect: bytes = b"d") -> bytes:
+        """Worker ``w``'s answer on its pipe (starting with ``expect``), within ``timeout_s``."""
         conn, proc = self.conns[w], self.procs[w]
-        while not conn.poll(1.0):
+        deadline = time.monotonic() + self.timeout_s
+        while not conn.poll(0.1):
             if not proc.is_alive():
-                raise RuntimeError(f"rollout worker {w} (pid {proc.pid}) died with exit code {proc.exitcode}")
+                raise self._died(w)
+            if time.monotonic() > deadline:
+                raise self._silent(w)
         try:
             msg = conn.recv_bytes()
         except EOFError:
-            proc.join(1.0)
-            raise RuntimeError(f"rollout worker {w} (pid {proc.pid}) died with exit code {proc.exitcode}") from None
+            raise self._died(w) from None
         if msg[:1] == b"E":
-            raise RuntimeError(f"rollout worker {w} failed:\n{msg[1:].decode()}")
-        if msg != expect:
-            raise RuntimeError(f"rollout worker {w} sent {msg!r}, expected {expect!r}")
+            raise self._failed(w, msg)
+        if not msg.startswith(expect):
+            raise WorkerError(f"rollout worker {w} sent {msg[:20]!r}, expected {expect!r}")
+        return msg
+
+    def _wait(self, w: int, expect: bytes = b"d") -> None:
+        self._reply(w, expect)
 
     def _broadcast(self, msg: bytes) -> None:
         for w, conn in enumerate(self.conns):
             try:
                 conn.send_bytes(msg)
             except OSError:  # BrokenPipeError and friends: the worker is gone
-                proc = self.procs[w]
-                proc.join(1.0)
-                raise RuntimeError(f"rollout worker {w} (pid {proc.pid}) died with exit code {proc.exitcode}") from None
+                raise self._died(w) from None
 
     def _check_alive(self) -> None:
         for w, (conn, proc) in enumerate(zip(self.conns, self.procs, strict=True)):
             try:
                 msg = conn.recv_bytes() if conn.poll() else b""
             except EOFError:  # the worker's end of the pipe closed: it is gone
-                proc.join(1.0)
                 msg = b""
             if msg[:1] == b"E":
-                raise RuntimeError(f"rollout worker {w} failed:\n{msg[1:].decode()}")
+                raise self._failed(w, msg)
             if not proc.is_alive():
-                raise RuntimeError(f"rollout worker {w} (pid {proc.pid}) died with exit code {proc.exitcode}")
+                raise self._died(w)
 
     def reset(self, seed: int | None) -> np.ndarray:
         self._broadcast(_RESET + (b"" if seed is None else str(seed).encode()))
@@ -382,7 +444,7 @@ class ParallelEnvs:
 
     def _wait_group(self, group: int, idle: Callable[[], bool] | None) -> None:
         target, acks = self._requests[group], self._acks[:, group]
-        last_check = time.perf_counter()
+        start = last_check = time.perf_counter()
         for w in self._waiting[group]:
             while acks[w] != target:
                 if idle is not None:
@@ -390,9 +452,36 @@ class ParallelEnvs:
                         idle = None
                     continue
                 os.sched_yield()
-                if time.perf_counter() - last_check > _CHECK_S:
-                    last_check = time.perf_counter()
+                now = time.perf_counter()
+                if now - last_check > _CHECK_S:
+                    last_check = now
                     self._check_alive()
+                    if now - start > self.timeout_s:
+                        raise self._silent(w)
+
+    def get_state(self) -> list[bytes | str]:
+        """Every env's saved state, by global index (see :meth:`EnvGroup.get_state`), asked of each
+        worker between steps."""
+        states: list[bytes | str | None] = [None] * self.num_envs
+        self._broadcast(_GET_STATE)
+        if self.local is not None:
+            for i, st in zip(self.local_ids, self.local.get_state(), strict=True):
+                states[i] = st
+        for w, ids in enumerate(self._worker_ids):
+            for i, st in zip(ids, pickle.loads(self._reply(w, b"S")[1:]), strict=True):
+                states[i] = st
+        return states
+
+    def set_state(self, states: list[bytes]) -> None:
+        for w, ids in enumerate(self._worker_ids):
+            try:
+                self.conns[w].send_bytes(_SET_STATE + pickle.dumps([states[i] for i in ids]))
+            except OSError:
+                raise self._died(w) from None
+        if self.local is not None:
+            self.local.set_state([states[i] for i in self.local_ids])
+        for w in range(len(self.conns)):
+            self._wait(w)
 
     def close(self) -> None:
         for conn, proc in zip(self.conns, self.procs, strict=True):
@@ -419,12 +508,12 @@ def resolve_workers(workers: int | str, num_envs: int) -> int:
 
 
 def make_envs(env_id: str, num_envs: int, workers: int, env_kwargs: dict | None = None,
-              learner_envs: int | None = None, groups: int = 1) -> Envs:
-    """In-process envs (``workers=0``) or :class:`ParallelEnvs` (``learner_envs``: see there), stepped
-    in ``groups`` groups (see the module docstring)."""
+              learner_envs: int | None = None, groups: int = 1, timeout_s: float = 60.0) -> Envs:
+    """In-process envs (``workers=0``) or :class:`ParallelEnvs` (``learner_envs``, ``timeout_s``: see
+    there), stepped in ``groups`` groups (see the module docstring)."""
     if workers == 0:
         return InProcessEnvs(env_id, num_envs, env_kwargs, groups)
-    return ParallelEnvs(env_id, num_envs, workers, env_kwargs, learner_envs, groups)
+    return ParallelEnvs(env_id, num_envs, workers, env_kwargs, learner_envs, groups, timeout_s)
 
 
 def resolve_env_groups(groups: int | str, num_envs: int) -> int:

@@ -86,7 +86,7 @@ def child(spec: dict) -> dict:
         algo = spec["algo"]
         common = [f"algo={algo}", f"env.id={env_id}", f"env.num_envs={n}", f"rollout.steps_per_env={t}",
                   f"total_steps={total}", f"rollout.workers={spec['workers']}", "eval_episodes=1",
-                  "checkpoint=false", "progress=false", "critic.optim=adam", "critic.lr_anneal=false",
+                  "checkpoint.every_steps=0", "progress=false", "critic.optim=adam", "critic.lr_anneal=false",
                   "policy.hidden=[64,64]", "critic.hidden=[64,64]", "gamma=0.99", "gae_lambda=0.95",
                   "env.normalize_obs=true", "env.normalize_reward=true"]
         if algo == "trpo":

@@ -66,7 +66,7 @@ def main() -> None:
     n, t = args.num_envs, args.steps_per_env
     iters = args.iterations + 1
     overrides = [f"algo={args.algo}", f"env.id={args.env}", f"env.num_envs={n}", f"rollout.steps_per_env={t}",
-                 f"total_steps={n * t * iters}", "rollout.workers=0", "eval_episodes=1", "checkpoint=false",
+                 f"total_steps={n * t * iters}", "rollout.workers=0", "eval_episodes=1", "checkpoint.every_steps=0",
                  "progress=false", "critic.optim=adam", "critic.epochs=10"]
     if args.algo == "trpo":
         overrides += ["algo.cg_iters=15", "critic.minibatch_size=128", "critic.max_grad_norm=null"]

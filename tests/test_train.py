@@ -8,6 +8,7 @@ import torch
 from conftest import CONFIGS, ROOT, make_cfg, run_cli, tiny
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from rl_trust import checkpoint
 from rl_trust.config import validate
 from rl_trust.errors import ConfigError
 from rl_trust.train import run
@@ -161,8 +162,7 @@ def test_critic_overlapping_the_rollout_changes_nothing(algo, tmp_path, monkeypa
         return step_wait(self, counted, group)
 
     monkeypatch.setattr(ParallelEnvs, "step_wait", counting_step_wait)
-    short = ("total_steps=1200", "env.num_envs=4", "rollout.steps_per_env=100", "critic.minibatch_size=20",
-             "checkpoint=true")
+    short = ("total_steps=1200", "env.num_envs=4", "rollout.steps_per_env=100", "critic.minibatch_size=20")
     short += () if algo == "trpo" else ("algo.minibatch_size=40",)
     runs = {"sequential": ("rollout.workers=0",), "overlap": ("rollout.workers=1", "rollout.overlap_critic=true"),
             "workers, no overlap": ("rollout.workers=1", "rollout.overlap_critic=false"),
@@ -173,7 +173,7 @@ def test_critic_overlapping_the_rollout_changes_nothing(algo, tmp_path, monkeypa
     assert sum(background_steps) > 0  # critic steps did run while the workers stepped
     strip = lambda m: {k: v for k, v in m.items() if not k.startswith(("train/time", "train/sps"))}
     assert all(strip(m) == strip(results["sequential"]) for m in results.values())
-    ckpts = [torch.load(tmp_path / str(i) / "checkpoint.pt", weights_only=False) for i in range(len(runs))]
+    ckpts = [checkpoint.load(tmp_path / str(i) / "checkpoint.pt") for i in range(len(runs))]
     reference = {part: _flat(ckpts[0][part]) for part in ("actor", "critic")}
     assert reference["critic"]  # the networks and the optimizer state are compared
     for other in ckpts[1:]:

@@ -11,7 +11,7 @@ from rl_trust.batch import RolloutBatch
 from rl_trust.config import TRPOConfig
 from rl_trust.policies import Actor
 from rl_trust.updaters.common import PolicyData, entropy, mean_kl, normalize, policy_data, policy_shift, surrogate
-from rl_trust.updaters.trust_region import backtracking_line_search, cg_solve, get_flat_params
+from rl_trust.updaters.trust_region import backtracking_line_search, cg_solve
 
 
 class TRPO:
@@ -21,15 +21,15 @@ class TRPO:
     Fisher-vector products (optionally on a random ``fvp_subsample`` fraction of the batch, as the
     original TRPO, drawn from the updater's generator); the step sqrt(2 max_kl / xᵀFx) · x is then
     shrunk by ``backtrack_coeff`` until the exact mean KL is within the bound and the surrogate
-    improves. A non-finite loss or step rejects the update (parameters unchanged); ``max_nan_updates``
-    consecutive rejections of that kind stop training.
+    improves. A non-finite loss or step raises ``FloatingPointError`` before any parameter changes (the
+    trainer's :class:`~rl_trust.guard.Guard` counts it and stops a run where it keeps happening).
     """
 
     def __init__(self, actor: Actor, cfg: TRPOConfig, *, total_updates: int = 0, seed: int = 0):
         self.actor, self.cfg = actor, cfg
         self.params = list(actor.parameters())
         self.generator = torch.Generator().manual_seed(seed)  # FVP subsamples
-        self.nan_streak, self.nan_total, self.rejected_total = 0, 0, 0
+        self.rejected_total = 0  # line searches that found no acceptable step
 
     def objective(self, data: PolicyData, params=None):
         """The surrogate (+ entropy bonus) as a :class:`~rl_trust.updaters.common.Loss`, and the mean KL
@@ -49,7 +49,7 @@ class TRPO:
         metrics = {"losses/policy": -float(objective.value), "losses/entropy": float(entropy(self.actor, params).value),
                    "trust_region/max_kl": cfg.max_kl}
         if not torch.isfinite(grad).all():
-            return metrics | self._reject_nan()
+            raise FloatingPointError("TRPO: the surrogate's gradient is not finite")
 
         sub = data.obs
         if cfg.fvp_subsample < 1.0:
@@ -60,7 +60,7 @@ class TRPO:
         shs = float(cg.x.dot(fvp(cg.x)))  # xᵀ F x
         metrics |= {"trust_region/cg_residual": cg.residual, "trust_region/cg_iterations": float(cg.iterations)}
         if not (math.isfinite(shs) and shs > 0 and torch.isfinite(cg.x).all()):
-            return metrics | self._reject_nan()
+            raise FloatingPointError(f"TRPO: the natural-gradient step is not finite (x'Fx = {shs})")
 
         full_step = math.sqrt(2 * cfg.max_kl / shs) * cg.x
 
@@ -72,7 +72,6 @@ class TRPO:
             self.params, full_step, evaluate, surrogate_before=float(objective.value),
             expected_improvement=float(grad.dot(full_step)), max_kl=cfg.max_kl, backtrack_coeff=cfg.backtrack_coeff,
             max_backtracks=cfg.max_backtracks, accept_ratio=cfg.accept_ratio)
-        self.nan_streak = 0
         self.rejected_total += not result.accepted
         metrics |= {
             "trust_region/kl": result.kl,
@@ -81,29 +80,15 @@ class TRPO:
             "trust_region/step_fraction": result.fraction,
             "trust_region/step_norm": float(full_step.norm()) * result.fraction,
             "trust_region/rejected_total": float(self.rejected_total),
-            "trust_region/nan_rejections": float(self.nan_total),
             "losses/surrogate_improvement": result.improvement,
             "losses/expected_improvement": result.expected_improvement,
         }
         shift = policy_shift(self.actor, data)
         return metrics | {k: v for k, v in shift.items() if k != "trust_region/kl"}
 
-    def _reject_nan(self) -> dict[str, float]:
-        self.nan_streak += 1
-        self.nan_total += 1
-        if self.nan_streak >= self.cfg.max_nan_updates:
-            raise FloatingPointError(
-                f"TRPO: {self.nan_streak} consecutive updates had a non-finite loss or step "
-                f"(last parameters finite: {bool(torch.isfinite(get_flat_params(self.params)).all())}); "
-                "check the environment's rewards/observations or lower algo.max_kl")
-        return {"trust_region/line_search_accepted": 0.0, "trust_region/kl": 0.0,
-                "trust_region/nan_rejections": float(self.nan_total)}
-
     def state_dict(self) -> dict:
-        return {"nan_streak": self.nan_streak, "nan_total": self.nan_total, "rejected_total": self.rejected_total,
-                "generator": self.generator.get_state()}
+        return {"rejected_total": self.rejected_total, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.nan_streak, self.nan_total = int(state["nan_streak"]), int(state["nan_total"])
         self.rejected_total = int(state["rejected_total"])
         self.generator.set_state(state["generator"])

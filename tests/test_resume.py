@@ -1,0 +1,179 @@
+"""Checkpoints and resume: a run interrupted at any checkpoint and resumed ends bit-identical to one
+that never was (metrics apart from wall-clock time, networks, optimizer and every other state)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_cfg, run_cli, tiny
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from rl_trust import checkpoint
+from rl_trust.envs import restore_env
+from rl_trust.errors import ConfigError
+from rl_trust.runs import resume_config
+from rl_trust.train import WALL_CLOCK_KEYS, run
+
+BATCH = 2 * 32  # tiny(): env.num_envs=2, rollout.steps_per_env=32
+
+
+def resumable(algo: str, *overrides: str):
+    """Six iterations, a checkpoint every two, all kept."""
+    return make_cfg(*tiny(f"total_steps={6 * BATCH}", f"checkpoint.every_steps={2 * BATCH}", "checkpoint.keep=10",
+                          "env=Pendulum", *overrides, algo=algo))
+
+
+def assert_same(a, b, path="state"):
+    """Equal, exactly, to the last bit: tensors, arrays, dicts, lists, scalars."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            if not (path == "state.logger" and k == "elapsed"):  # wall-clock time
+                assert_same(a[k], b[k], f"{path}.{k}")
+    elif path.startswith("state.collector.envs["):
+        assert_same_env(a, b, path)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and np.array_equal(a, b), path
+    elif isinstance(a, float) and np.isnan(a):
+        assert np.isnan(b), path
+    else:
+        assert a == b, path
+
+
+def assert_same_env(a: bytes, b: bytes, path: str) -> None:
+    """Two saved envs are the same env: restored, they step identically (pickle's bytes are not canonical)."""
+    env_a, env_b = restore_env(a), restore_env(b)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        action = rng.uniform(-2, 2, env_a.action_space.shape).astype(np.float32)
+        out_a, out_b = env_a.step(action), env_b.step(action)
+        assert np.array_equal(out_a[0], out_b[0]) and out_a[1:4] == out_b[1:4], path
+        if out_a[2] or out_a[3]:
+            assert np.array_equal(env_a.reset()[0], env_b.reset()[0]), path
+
+
+def final_state(run_dir):
+    return checkpoint.load(run_dir / "checkpoint.pt")
+
+
+def deterministic_metrics(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {k: v for k, v in metrics.items() if k not in WALL_CLOCK_KEYS}
+
+
+def interrupt_at(reference, step, where):
+    """The run directory as a run killed just after its checkpoint at ``step`` left it."""
+    shutil.copytree(reference, where)
+    for s, path in checkpoint.step_files(where):
+        if s > step:
+            path.unlink()
+    (where / "metrics.json").unlink()
+    (where / "checkpoint.pt").unlink()
+    return where
+
+
+def scalars(run_dir):
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"] if tag != "time/sps"}
+
+
+@pytest.mark.parametrize("algo, workers", [("trpo", 0), ("ppo", 0), ("kl_penalty", 0), ("trpo", 1), ("ppo", 1),
+                                           ("kl_penalty", 1)])
+def test_resume_from_any_checkpoint_is_bit_exact(tmp_path, algo, workers):
+    cfg = resumable(algo, f"rollout.workers={workers}")
+    reference = tmp_path / "reference"
+    run(cfg, reference)
+    assert [s for s, _ in checkpoint.step_files(reference)] == [2 * BATCH, 4 * BATCH, 6 * BATCH]
+    for step in (2 * BATCH, 4 * BATCH):
+        resumed = interrupt_at(reference, step, tmp_path / f"resumed_{step}")
+        state, path, skipped = checkpoint.load_latest(resumed)
+        assert state["global_step"] == step and not skipped
+        run(cfg, resumed, resume=state)
+        assert deterministic_metrics(resumed) == deterministic_metrics(reference)
+        assert_same(final_state(resumed), final_state(reference))
+        # TensorBoard: one value per step, the same as the uninterrupted run's (purge_step dropped the rest)
+        assert scalars(resumed) == scalars(reference)
+
+
+def test_checkpoints_do_not_change_the_run(tmp_path):
+    """Finishing the overlapped critic update early for a checkpoint computes the same thing."""
+    run(resumable("ppo", "rollout.workers=1"), tmp_path / "with")
+    run(resumable("ppo", "rollout.workers=1", "checkpoint.every_steps=0"), tmp_path / "without")
+    assert deterministic_metrics(tmp_path / "with") == deterministic_metrics(tmp_path / "without")
+    assert checkpoint.step_files(tmp_path / "without") == [(6 * BATCH, tmp_path / "without" / "checkpoints" /
+                                                             f"step_{6 * BATCH:012d}.pt")]
+
+
+def test_keep_prunes_old_checkpoints_and_final_is_a_link(tmp_path):
+    run(resumable("trpo", "checkpoint.keep=2"), tmp_path)
+    assert [s for s, _ in checkpoint.step_files(tmp_path)] == [4 * BATCH, 6 * BATCH]
+    final = tmp_path / "checkpoint.pt"
+    assert final.read_bytes() == (tmp_path / "checkpoints" / f"step_{6 * BATCH:012d}.pt").read_bytes()
+    assert not list(tmp_path.rglob(".*tmp-*"))
+
+
+def test_unsaveable_env_resumes_with_fresh_episodes_and_says_so(tmp_path, monkeypatch, capsys):
+    """An env whose state cannot be saved: checkpoints still work, a resume starts fresh episodes and notes it."""
+    import rl_trust.envs as envs
+
+    def refuse(env):
+        raise TypeError("stand-in for an env that cannot be pickled")
+
+    monkeypatch.setattr(envs, "env_state", refuse)
+    cfg = resumable("trpo")
+    run(cfg, tmp_path / "a")
+    assert "cannot be saved" in capsys.readouterr().err
+    resumed = interrupt_at(tmp_path / "a", 2 * BATCH, tmp_path / "b")
+    state, _, _ = checkpoint.load_latest(resumed)
+    run(cfg, resumed, resume=state)
+    err = capsys.readouterr().err
+    assert "fresh episodes" in err and "not bit-exact" in err
+    assert (resumed / "metrics.json").exists()
+
+
+def test_resume_config_allows_only_what_cannot_change_the_maths():
+    saved = resumable("trpo")
+    composed = make_cfg("total_steps=100000", "progress=true", "checkpoint.every_steps=128", "rollout.workers=1")
+    cfg = resume_config(saved, composed, ["resume=x", "total_steps=100000", "progress=true",
+                                          "checkpoint.every_steps=128", "rollout.workers=1"])
+    assert cfg.total_steps == 100000 and cfg.checkpoint.every_steps == 128 and cfg.rollout.workers == 1
+    assert OmegaConf.to_container(cfg.algo) == OmegaConf.to_container(saved.algo) and cfg.resume is None
+    for overrides, key in [(["algo.max_kl=0.02"], "algo.max_kl"), (["gamma=0.9"], "gamma"), (["algo=ppo"], "algo"),
+                           (["seed=3"], "seed"), (["+foo=1"], "foo")]:
+        with pytest.raises(ConfigError, match=key):
+            resume_config(saved, make_cfg(*overrides) if "+" not in overrides[0] else composed, overrides)
+    with pytest.raises(ConfigError, match="may only be extended"):
+        resume_config(saved, make_cfg("total_steps=64"), ["total_steps=64"])
+    # the same value as the run's is not a change
+    same = resume_config(saved, make_cfg(f"seed={saved.seed}"), [f"seed={saved.seed}"])
+    assert same.seed == saved.seed
+
+
+def test_cli_resume_extends_a_finished_run_and_refuses_a_reused_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    common = tiny("env=Pendulum", f"checkpoint.every_steps={2 * BATCH}")
+    first = run_cli(*common, f"total_steps={2 * BATCH}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    hydra_config = (run_dir / ".hydra" / "config.yaml").read_text()
+    again = run_cli(*common, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "resume=" in again.stderr
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == hydra_config  # the old run is untouched
+    done = run_cli(f"resume={run_dir}", cwd=tmp_path)
+    assert done.returncode == 2 and "already finished" in done.stderr
+    bad = run_cli(f"resume={run_dir}", "algo.max_kl=0.5", cwd=tmp_path)
+    assert bad.returncode == 2 and "algo.max_kl" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    more = run_cli(f"resume={run_dir}", f"total_steps={4 * BATCH}", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["train/global_step"] == 4 * BATCH
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == hydra_config
+    assert [s for s, _ in checkpoint.step_files(run_dir)] == [2 * BATCH, 4 * BATCH]
