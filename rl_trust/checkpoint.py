@@ -190,3 +190,53 @@ class Checkpointer:
         for _, old in step_files(self.run_dir)[: -self.keep]:
             old.unlink(missing_ok=True)
         return path
+
+
+def differences(a, b, path: str = "state", ignore: tuple[str, ...] = ("state.logger.elapsed",)) -> list[str]:
+    """Where two checkpoint states differ, to the last bit (paths; ``ignore``: wall-clock entries). Saved
+    envs are compared by what they do: restored, both step the same random actions (pickle's bytes are
+    not canonical)."""
+    import numpy as np
+
+    if path in ignore:
+        return []
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{path}: keys {sorted(map(str, a))} != {sorted(map(str, b))}"]
+        return [d for k in a for d in differences(a[k], b[k], f"{path}.{k}", ignore)]
+    if path.startswith("state.collector.envs[") and isinstance(a, bytes) and isinstance(b, bytes):
+        return [] if _same_env(a, b) else [path]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{path}: length {len(a)} != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{path}[{i}]", ignore)]
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return [] if a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b) else [path]
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return [] if a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == "f") else [path]
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:  # both NaN
+        return []
+    return [] if type(a) is type(b) and a == b else [path]
+
+
+def _same_env(a: bytes, b: bytes, steps: int = 200) -> bool:
+    import numpy as np
+
+    from rl_trust.envs import restore_env
+
+    env_a, env_b = restore_env(a), restore_env(b)
+    space = env_a.action_space
+    space.seed(0)
+    try:
+        for _ in range(steps):
+            action = space.sample()
+            out_a, out_b = env_a.step(action), env_b.step(action)
+            if not (np.array_equal(out_a[0], out_b[0]) and out_a[1:4] == out_b[1:4]):
+                return False
+            if out_a[2] or out_a[3]:
+                if not np.array_equal(env_a.reset()[0], env_b.reset()[0]):
+                    return False
+        return True
+    finally:
+        env_a.close()
+        env_b.close()

@@ -10,6 +10,7 @@ statistics belong to the run's state rather than to a wrapper buried in the env 
 from __future__ import annotations
 
 import difflib
+import importlib
 import pickle
 import zlib
 
@@ -22,7 +23,14 @@ from rl_trust.errors import ConfigError
 
 
 def check_env_id(env_id: str) -> None:
-    """Raise ``ConfigError`` naming ``env.id`` when Gymnasium does not know the id."""
+    """Raise ``ConfigError`` naming ``env.id`` when Gymnasium does not know the id (``module:Id`` imports
+    ``module`` first, which registers its envs, as ``gym.make`` does)."""
+    if ":" in env_id:
+        module, _, env_id = env_id.partition(":")
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError(f"env.id={module}:{env_id}: cannot import {module!r} ({e})") from None
     if env_id in gym.envs.registry:
         return
     close = difflib.get_close_matches(env_id, list(gym.envs.registry.keys()), n=5, cutoff=0.6)

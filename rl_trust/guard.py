@@ -14,14 +14,16 @@ from rl_trust.errors import DivergedError
 class Guard:
     """Wraps one kind of update (the policy's, the critic's): :meth:`begin` snapshots the state of
     ``owners`` (objects with ``state_dict``/``load_state_dict``), :meth:`end` checks the result. An update
-    that raised ``FloatingPointError``, left a parameter non-finite or reported a non-finite ``losses/*``
-    metric is undone (the snapshot restored) and counted in ``guard/<name>_rejected``; ``patience`` such
-    updates in a row raise :class:`DivergedError` with ``hint`` (the settings that most likely caused it).
+    that raised ``FloatingPointError``, left a parameter non-finite or reported a non-finite metric (any
+    but those in ``unchecked``: a policy with finite but huge parameters shows itself in its KL or std)
+    is undone (the snapshot restored) and counted in ``guard/<name>_rejected``; ``patience`` such updates
+    in a row raise :class:`DivergedError` with ``hint`` (the settings that most likely caused it).
     """
 
     def __init__(self, name: str, owners: list, params: Callable[[], Iterable[torch.Tensor]], hint: str,
-                 patience: int):
+                 patience: int, unchecked: tuple[str, ...] = ()):
         self.name, self.owners, self.params, self.hint, self.patience = name, owners, params, hint, patience
+        self.unchecked = unchecked
         self.streak, self.total = 0, 0
         self._saved: list[dict] | None = None
 
@@ -31,7 +33,7 @@ class Guard:
     def end(self, metrics: dict[str, float] | None, step: int) -> dict[str, float]:
         """``metrics``: the update's, or None when it raised ``FloatingPointError``. Returns them with the
         rejection count."""
-        bad = metrics is None or _nonfinite_loss(metrics) or not all(bool(torch.isfinite(p).all())
+        bad = metrics is None or self._nonfinite(metrics) or not all(bool(torch.isfinite(p).all())
                                                                      for p in self.params())
         if bad:
             for owner, state in zip(self.owners, self._saved, strict=True):
@@ -47,13 +49,12 @@ class Guard:
         self._saved = None
         return (metrics or {}) | {f"guard/{self.name}_rejected": float(self.total)}
 
+    def _nonfinite(self, metrics: dict[str, float]) -> bool:
+        return any(k not in self.unchecked and isinstance(v, (int, float)) and not math.isfinite(v)
+                   for k, v in metrics.items())
+
     def state_dict(self) -> dict:
         return {"streak": self.streak, "total": self.total}
 
     def load_state_dict(self, state: dict) -> None:
         self.streak, self.total = int(state["streak"]), int(state["total"])
-
-
-def _nonfinite_loss(metrics: dict[str, float]) -> bool:
-    return any(k.startswith("losses/") and k != "losses/explained_variance" and not math.isfinite(v)
-               for k, v in metrics.items() if isinstance(v, (int, float)))

@@ -121,7 +121,9 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None 
             rollout.steps_per_env, seed=cfg.seed)
         policy_hint, critic_hint = _hints(cfg)
         guards = {"policy": Guard("policy", [actor, updater], actor.parameters, policy_hint, cfg.max_nonfinite_updates),
-                  "critic": Guard("critic", [critic], critic.net.parameters, critic_hint, cfg.max_nonfinite_updates)}
+                  # explained variance is of the values before the update (NaN for constant returns)
+                  "critic": Guard("critic", [critic], critic.net.parameters, critic_hint, cfg.max_nonfinite_updates,
+                                  unchecked=("losses/explained_variance",))}
         checkpointer = checkpoint.Checkpointer(out_dir, cfg.checkpoint.every_steps, cfg.checkpoint.keep)
         global_step = 0
         if resume is not None:

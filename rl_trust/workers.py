@@ -45,6 +45,7 @@ from rl_trust.errors import WorkerError
 
 _RESET, _CLOSE, _GET_STATE, _SET_STATE = b"r", b"c", b"g", b"s"
 _SPIN_S = 0.002  # a worker spins this long for the next step before backing off to 0.2 ms sleeps
+_START_S = 120.0  # a new worker imports the simulator and makes its envs: minutes on a loaded machine
 _CHECK_S = 0.05  # the learner looks for worker errors at most this often while stepping (and while waiting)
 
 
@@ -314,6 +315,7 @@ class ParallelEnvs:
         sizes = [hi - lo for lo, hi in self.local_parts]
         self._local_start = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
         self._last_check = 0.0  # when the workers were last checked for errors (perf_counter)
+        self._stuck: set[int] = set()  # workers that stopped answering: close kills them at once
         self.procs, self.conns = [], []
         try:
             for w in range(workers):
@@ -326,7 +328,7 @@ class ParallelEnvs:
                 self.procs.append(proc)
                 self.conns.append(parent)
             for w in range(workers):
-                self._wait(w, expect=b"ok")
+                self._wait(w, expect=b"ok", timeout_s=max(self.timeout_s, _START_S))
         except BaseException:
             self.close()
             raise
@@ -349,19 +351,23 @@ class ParallelEnvs:
         last = details.strip().splitlines()[-1] if details.strip() else "no traceback"
         return WorkerError(f"rollout worker {w} (pid {self.procs[w].pid}) failed: {last}", details)
 
-    def _silent(self, w: int) -> WorkerError:
-        return WorkerError(f"rollout worker {w} (pid {self.procs[w].pid}) has not answered for {self.timeout_s:g} s "
-                           "(rollout.worker_timeout_s): it is stopped, or its env is stuck in a step")
+    def _silent(self, w: int, timeout_s: float | None = None) -> WorkerError:
+        self._stuck.add(w)
+        return WorkerError(f"rollout worker {w} (pid {self.procs[w].pid}) has not answered for "
+                           f"{timeout_s or self.timeout_s:g} s (rollout.worker_timeout_s): it is stopped, or its env "
+                           "is stuck in a step")
 
-    def _reply(self, w: int, expect: bytes = b"d") -> bytes:
-        """Worker ``w``'s answer on its pipe (starting with ``expect``), within ``timeout_s``."""
+    def _reply(self, w: int, expect: bytes = b"d", timeout_s: float | None = None) -> bytes:
+        """Worker ``w``'s answer on its pipe (starting with ``expect``), within ``timeout_s`` (default: the
+        envs' ``timeout_s``)."""
         conn, proc = self.conns[w], self.procs[w]
-        deadline = time.monotonic() + self.timeout_s
+        timeout_s = timeout_s or self.timeout_s
+        deadline = time.monotonic() + timeout_s
         while not conn.poll(0.1):
             if not proc.is_alive():
                 raise self._died(w)
             if time.monotonic() > deadline:
-                raise self._silent(w)
+                raise self._silent(w, timeout_s)
         try:
             msg = conn.recv_bytes()
         except EOFError:
@@ -372,8 +378,8 @@ class ParallelEnvs:
             raise WorkerError(f"rollout worker {w} sent {msg[:20]!r}, expected {expect!r}")
         return msg
 
-    def _wait(self, w: int, expect: bytes = b"d") -> None:
-        self._reply(w, expect)
+    def _wait(self, w: int, expect: bytes = b"d", timeout_s: float | None = None) -> None:
+        self._reply(w, expect, timeout_s)
 
     def _broadcast(self, msg: bytes) -> None:
         for w, conn in enumerate(self.conns):
@@ -484,17 +490,17 @@ class ParallelEnvs:
             self._wait(w)
 
     def close(self) -> None:
-        for conn, proc in zip(self.conns, self.procs, strict=True):
-            if proc.is_alive():
+        for w, (conn, proc) in enumerate(zip(self.conns, self.procs, strict=True)):
+            if proc.is_alive() and w not in self._stuck:
                 try:
                     conn.send_bytes(_CLOSE)
                     if conn.poll(5.0):
                         conn.recv_bytes()
                 except (BrokenPipeError, EOFError, OSError):
                     pass
-            proc.join(5.0)
-            if proc.is_alive():
-                proc.terminate()
+                proc.join(5.0)
+            if proc.is_alive():  # SIGKILL: a stopped process does not act on SIGTERM until continued
+                proc.kill()
                 proc.join(1.0)
             conn.close()
         self.procs, self.conns = [], []
