@@ -234,9 +234,14 @@ def _check_node(node: DictConfig, schema: type, prefix: str) -> None:
             _check_node(node[key], sub, f"{full}.")
 
 
+def _fmt(value: Any) -> str:
+    """A value as the command line would write it (0 rather than 0.0, 1e-05 rather than 1e-05)."""
+    return f"{value:g}" if isinstance(value, float) else repr(value)
+
+
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+        raise ConfigError(f"{key}={_fmt(value)} is invalid: {allowed}")
 
 
 def positive(cfg: DictConfig, key: str, *, allow_zero: bool = False) -> None:
@@ -342,10 +347,10 @@ def _validate_kl_penalty(cfg: DictConfig, batch: int) -> None:
         positive(cfg, key, allow_zero=True)
     positive(cfg, "algo.beta_max")
     a = cfg.algo
-    _require(a.beta_min <= a.beta_max, "algo.beta_min", a.beta_min, f"must be <= algo.beta_max={a.beta_max}")
+    _require(a.beta_min <= a.beta_max, "algo.beta_min", a.beta_min, f"must be <= algo.beta_max={_fmt(a.beta_max)}")
     if a.adaptive:  # doubling or halving 0 keeps it 0: an adaptive β must start above 0
         _require(0 < a.beta and a.beta_min <= a.beta <= a.beta_max, "algo.beta", a.beta,
-                 f"must be > 0 and lie in [algo.beta_min, algo.beta_max] = [{a.beta_min}, {a.beta_max}]")
+                 f"must be > 0 and lie in [algo.beta_min, algo.beta_max] = [{_fmt(a.beta_min)}, {_fmt(a.beta_max)}]")
 
 
 def _validate_trpo(cfg: DictConfig, batch: int) -> None:

@@ -94,9 +94,6 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None 
     steps_per_update = num_envs * rollout.steps_per_env
     num_updates = cfg.total_steps // steps_per_update
     total = num_updates * steps_per_update
-    if total != cfg.total_steps and resume is None:
-        note(f"total_steps={cfg.total_steps} is not a multiple of the batch (env.num_envs * rollout.steps_per_env "
-             f"= {steps_per_update}): training {total} steps ({num_updates} updates)")
     check_env(cfg.env.id, dict(cfg.env.kwargs))
     workers = resolve_workers(rollout.workers, num_envs)
     groups = resolve_env_groups(rollout.env_groups, num_envs)
@@ -131,6 +128,9 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None 
             if global_step < total:  # an extended run is not finished any more
                 (out_dir / "metrics.json").unlink(missing_ok=True)
                 (out_dir / checkpoint.FINAL).unlink(missing_ok=True)
+        if total != cfg.total_steps and resume is None:  # said once everything is checked
+            note(f"total_steps={cfg.total_steps} is not a multiple of the batch (env.num_envs * "
+                 f"rollout.steps_per_env = {steps_per_update}): training {total} steps ({num_updates} updates)")
         logger = stack.enter_context(Logger(str(out_dir), total, OmegaConf.to_yaml(cfg, resolve=True),
                                             progress=cfg.progress, start_step=global_step,
                                             state=None if resume is None else resume["logger"]))

@@ -19,12 +19,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader  # noqa: E402
+
+from rl_trust.cli import Parser  # noqa: E402
 
 
 def run_dirs(path: Path) -> list[Path]:
     if list(path.glob("events.out.tfevents.*")):
         return [path]
     return sorted(p for p in path.iterdir() if p.is_dir() and list(p.glob("events.out.tfevents.*")))
+
+
+def unreadable(run: Path) -> list[Path]:
+    """Events files in ``run`` with no readable record (every file TensorBoard writes starts with one)."""
+    bad = []
+    for path in run.glob("events.out.tfevents.*"):
+        try:
+            if next(iter(EventFileLoader(str(path)).Load()), None) is None:
+                bad.append(path)
+        except Exception:  # noqa: BLE001 - any failure to read is what is asked
+            bad.append(path)
+    return bad
 
 
 def load(run: Path, tag: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -44,7 +59,7 @@ def smooth(y: np.ndarray, window: int) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", type=Path)
     p.add_argument("--tag", default="charts/episodic_return")
     p.add_argument("--label", action="append", default=None, help="one per path (default: the path's name)")
@@ -63,7 +78,16 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_dir():
             print(f"error: {path} is not a directory", file=sys.stderr)
             return 2
-        curves = [c for c in (load(r, args.tag) for r in run_dirs(path)) if c is not None]
+        runs = run_dirs(path)
+        if not runs:
+            print(f"error: {path} holds no run (no TensorBoard events file in it or its subdirectories)",
+                  file=sys.stderr)
+            return 2
+        bad = [f for r in runs for f in unreadable(r)]
+        if bad:
+            print(f"error: {bad[0]} cannot be read (corrupt, or not a TensorBoard events file)", file=sys.stderr)
+            return 2
+        curves = [c for c in (load(r, args.tag) for r in runs) if c is not None]
         if not curves:
             print(f"error: no run under {path} has the tag {args.tag!r}", file=sys.stderr)
             return 2
@@ -79,8 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.out, dpi=110)
+    except (OSError, ValueError) as e:
+        print(f"error: cannot write {args.out}: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out}")
     return 0
 

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rl_trust import checkpoint
-from rl_trust.config import register_configs
+from rl_trust.config import register_configs, validate
 from rl_trust.errors import CheckpointError, ConfigError, DivergedError, WorkerError
 from rl_trust.runs import holds_run, resume_config
 from rl_trust.train import run
@@ -60,6 +60,7 @@ def _resume(cfg: DictConfig) -> tuple[DictConfig, Path, dict]:
     for line in skipped:
         print(f"note: {line}", file=sys.stderr)
     cfg = resume_config(OmegaConf.create(state["config"]), cfg, list(hydra_cfg.overrides.task))
+    validate(cfg)
     step = int(state["global_step"])
     batch = cfg.env.num_envs * cfg.rollout.steps_per_env
     if (run_dir / "metrics.json").exists() and step >= cfg.total_steps // batch * batch:
@@ -69,7 +70,10 @@ def _resume(cfg: DictConfig) -> tuple[DictConfig, Path, dict]:
     return cfg, run_dir, state
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")  # absolute: also when imported (the tests)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="config")
 def main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     resuming = cfg.resume is not None
@@ -110,7 +114,7 @@ def hydra_error_line(e: BaseException) -> str:
         group = (e.missing_cfg_file or "").rsplit("/", 1)[0]
         choice = (e.missing_cfg_file or "").rsplit("/", 1)[-1]
         options = sorted(e.options)
-        close = difflib.get_close_matches(choice, options, n=1)
+        close = difflib.get_close_matches(choice, options, n=1) or [o for o in options if choice.startswith(o)]
         hint = f" (did you mean {group}={close[0]}?)" if close else ""
         return f"{group}={choice} is not an option{hint}: allowed: {', '.join(options)}"
     cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
@@ -151,8 +155,10 @@ def cli(argv: list[str]) -> int:
     """Run ``main`` on ``argv``, Hydra's own errors reduced to one line; returns the exit code."""
     resume = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
     if resume and resume[-1] not in ("null", ""):
-        if "'" in resume[-1]:
-            print(f"error: resume={resume[-1]!r}: a path with a single quote cannot be given to Hydra", file=sys.stderr)
+        problem = ("is not a run directory" if not os.path.isdir(resume[-1]) else
+                   "contains a single quote, which Hydra cannot take in a path" if "'" in resume[-1] else None)
+        if problem:  # before Hydra, which would create the directory
+            print(f"error: resume={resume[-1]!r} {problem}", file=sys.stderr)
             return 2
         # continue in the run's own directory, and leave its .hydra/ (the original command) as it is
         argv = [*argv, f"hydra.run.dir='{os.path.abspath(resume[-1])}'", "hydra.output_subdir=null"]
