@@ -13,15 +13,18 @@ A run directory holds ``checkpoints/step_<global step>.pt`` (the newest ``keep``
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from rl_trust.errors import CheckpointError
+from rl_trust.errors import CheckpointError, ConfigError
 
 MAGIC = b"RL_TRUST-CHECKPOINT"
 VERSION = 1
@@ -72,10 +75,14 @@ def dumps(state: dict) -> bytes:
     return header + payload
 
 
-def loads(data: bytes, name: str = "checkpoint", map_location: str | torch.device = "cpu") -> dict:
-    """The state dict in checkpoint bytes, after checking the header, the length and the checksum."""
+def loads(data: bytes, name: str = "checkpoint", map_location: str | torch.device = "cpu",
+          legacy: bool = False) -> dict:
+    """The state dict in checkpoint bytes, after checking the header, the length and the checksum.
+    ``legacy``: also read a plain ``torch.save`` file (rl_trust's checkpoints before checksums), unchecked."""
     if not data:
         raise CheckpointError(f"{name} is empty")
+    if legacy and data.startswith(b"PK"):
+        return _unpickle(data, name, map_location)
     header, sep, payload = data.partition(b"\n")
     fields = header.split(b" ")
     if not data.startswith(MAGIC) or not sep or len(fields) != 4:
@@ -91,6 +98,10 @@ def loads(data: bytes, name: str = "checkpoint", map_location: str | torch.devic
         raise CheckpointError(f"{name} is truncated or padded ({len(payload)} bytes of state, the header says {size})")
     if hashlib.sha256(payload).hexdigest() != digest:
         raise CheckpointError(f"{name} is corrupt (its checksum does not match its contents)")
+    return _unpickle(payload, name, map_location)
+
+
+def _unpickle(payload: bytes, name: str, map_location) -> dict:
     try:
         # Checkpoints hold numpy arrays (normaliser statistics, env states) and plain config dicts.
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
@@ -106,8 +117,9 @@ def save(path: str | Path, state: dict) -> None:
     write_bytes(path, dumps(state))
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint file, or a run directory's newest checkpoint; :class:`CheckpointError` if unusable."""
+def load(path: str | Path, map_location: str | torch.device = "cpu", legacy: bool = False) -> dict:
+    """Read a checkpoint file, or a run directory's final (else newest) checkpoint; :class:`CheckpointError`
+    if unusable. ``legacy``: see :func:`loads`."""
     path = Path(path)
     if path.is_dir():
         found = find(path)
@@ -118,7 +130,11 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
         raise CheckpointError(f"{str(path)!r} does not exist")
     if not path.is_file():
         raise CheckpointError(f"{str(path)!r} is not a file")
-    return loads(path.read_bytes(), repr(str(path)), map_location)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{str(path)!r} cannot be read ({e.strerror or e})") from None
+    return loads(data, repr(str(path)), map_location, legacy)
 
 
 def step_files(run_dir: str | Path) -> list[tuple[int, Path]]:
@@ -139,9 +155,9 @@ def find(run_dir: str | Path) -> Path | None:
     return files[-1][1] if files else None
 
 
-def load_latest(run_dir: str | Path) -> tuple[dict, Path, list[str]]:
-    """The newest readable checkpoint of ``run_dir``: (state, its path, a note per newer file skipped as
-    unreadable). :class:`CheckpointError` when there is none."""
+def load_latest(run_dir: str | Path) -> tuple[dict, Path, list[tuple[Path, str]]]:
+    """The newest readable checkpoint of ``run_dir``: (state, its path, (file, why) for each newer file
+    skipped as unreadable). :class:`CheckpointError` when there is none."""
     run_dir = Path(run_dir)
     candidates = [p for _, p in reversed(step_files(run_dir))]
     if (run_dir / FINAL).is_file():  # a link to the newest periodic file, unless that is gone
@@ -151,9 +167,26 @@ def load_latest(run_dir: str | Path) -> tuple[dict, Path, list[str]]:
         try:
             return load(path), path, skipped
         except CheckpointError as e:
-            skipped.append(f"skipped {e}")
-    why = f" ({'; '.join(skipped)})" if skipped else ""
+            skipped.append((path, str(e)))
+    why = f" (skipped {'; '.join(e for _, e in skipped)})" if skipped else ""
     raise CheckpointError(f"{str(run_dir)!r} holds no usable checkpoint to resume from{why}")
+
+
+@contextlib.contextmanager
+def lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold ``run_dir``'s lock file for the block: a second process training into it is refused."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another process is training in {str(run_dir)!r}: wait for it to end, or stop it "
+                              "and resume") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class Checkpointer:

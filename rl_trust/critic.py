@@ -15,7 +15,7 @@ from rl_trust.batch import RolloutBatch, minibatch_indices
 from rl_trust.config import CriticConfig
 from rl_trust.errors import ConfigError
 from rl_trust.nets import MLP, backward, derivatives, forward
-from rl_trust.optim.schedule import linear_decay
+from rl_trust.optim.schedule import linear_decay, load_schedule
 
 # Named critic optimizers: ``critic.optim=NAME``; ``critic.optim_kwargs.KEY=...`` overrides an argument.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -155,7 +155,7 @@ class Critic:
         self.net.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+            load_schedule(self.scheduler, state["scheduler"])
         self.generator.set_state(state["generator"])
 
 

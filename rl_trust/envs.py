@@ -19,7 +19,7 @@ import numpy as np
 from gymnasium.utils import EzPickle
 from gymnasium.vector import AutoresetMode
 
-from rl_trust.errors import ConfigError
+from rl_trust.errors import CheckpointError, ConfigError
 
 
 def check_env_id(env_id: str) -> None:
@@ -199,7 +199,11 @@ class EnvGroup:
 
     def set_state(self, states: list[bytes]) -> None:
         """Replace every env by the one :meth:`get_state` saved."""
-        restored = [restore_env(s) for s in states]
+        try:
+            restored = [restore_env(s) for s in states]
+        except Exception as e:  # another gymnasium or simulator version, a module that is gone
+            raise CheckpointError(f"the checkpoint's envs cannot be restored here ({type(e).__name__}: "
+                                  f"{_one_line(e)})") from None
         for env in self.envs:
             env.close()
         self.envs = restored

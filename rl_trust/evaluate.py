@@ -49,7 +49,7 @@ def evaluate(actor: Actor, obs_norm: ObsNormalizer, env_id: str, episodes: int, 
 def load_policy(path: str | Path) -> tuple[Actor, ObsNormalizer, dict]:
     """Rebuild the actor and observation normaliser saved in a checkpoint (or a run directory's); also return
     the checkpoint's state."""
-    state = checkpoint.load(path)  # a run directory: its final (else newest) checkpoint
+    state = checkpoint.load(path, legacy=True)  # also the unchecksummed files of commits 58419fd to 754d98e
     missing = [k for k in ("config", "actor", "collector") if k not in state]
     if missing:
         raise CheckpointError(f"{str(path)!r} lacks {', '.join(missing)}: not a checkpoint scripts/train.py wrote")

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,19 +48,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def global_rng_state() -> dict:
+def global_rng_state(device: torch.device) -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":  # only then: asking would start CUDA in a CPU run on a GPU machine
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_global_rng_state(state: dict) -> None:
+def set_global_rng_state(state: dict, device: torch.device) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def note(message: str) -> None:
@@ -69,11 +70,12 @@ def note(message: str) -> None:
 def _hints(cfg: DictConfig) -> tuple[str, str]:
     """What most likely makes the policy's or the critic's updates non-finite, in the run's settings."""
     env = "or non-finite observations or rewards from the env"
-    policy = (f"too large a trust region (algo.max_kl={cfg.algo.max_kl}), {env}" if cfg.algo.name == "trpo"
-              else f"too large a learning rate (algo.lr={cfg.algo.lr}), {env}")
+    again = "(a new run with a smaller value; resume would repeat this run exactly)"
+    policy = (f"too large a trust region (algo.max_kl={cfg.algo.max_kl}) {again}, {env}" if cfg.algo.name == "trpo"
+              else f"too large a learning rate (algo.lr={cfg.algo.lr}) {again}, {env}")
     optim = cfg.critic.optim if isinstance(cfg.critic.optim, str) else cfg.critic.optim.get("_target_")
     lr = cfg.critic.lr if cfg.critic.lr is not None else PRESETS.get(optim, {}).get("lr", "its default")
-    return policy, f"too large a critic step (critic.optim={optim}, critic.lr={lr}), {env}"
+    return policy, f"too large a critic step (critic.optim={optim}, critic.lr={lr}) {again}, {env}"
 
 
 def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None = None) -> dict[str, float]:
@@ -121,25 +123,31 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None 
                   # explained variance is of the values before the update (NaN for constant returns)
                   "critic": Guard("critic", [critic], critic.net.parameters, critic_hint, cfg.max_nonfinite_updates,
                                   unchecked=("losses/explained_variance",))}
+        stack.enter_context(checkpoint.lock(out_dir))  # one process per run directory
         checkpointer = checkpoint.Checkpointer(out_dir, cfg.checkpoint.every_steps, cfg.checkpoint.keep)
         global_step = 0
         if resume is not None:
-            global_step = _restore(resume, cfg, actor, critic, updater, collector, guards)
-            if global_step < total:  # an extended run is not finished any more
-                (out_dir / "metrics.json").unlink(missing_ok=True)
-                (out_dir / checkpoint.FINAL).unlink(missing_ok=True)
+            global_step = _restore(resume, cfg, device, actor, critic, updater, collector, guards)
+            if global_step < total:  # an extended run is not finished any more: keep what it finished with
+                for name, kept in (("metrics.json", f"metrics_step{global_step}.json"),
+                                   (checkpoint.FINAL, f"checkpoint_step{global_step}.pt")):
+                    if (out_dir / name).exists():
+                        os.replace(out_dir / name, out_dir / kept)
         if total != cfg.total_steps and resume is None:  # said once everything is checked
             note(f"total_steps={cfg.total_steps} is not a multiple of the batch (env.num_envs * "
                  f"rollout.steps_per_env = {steps_per_update}): training {total} steps ({num_updates} updates)")
         logger = stack.enter_context(Logger(str(out_dir), total, OmegaConf.to_yaml(cfg, resolve=True),
                                             progress=cfg.progress, start_step=global_step,
                                             state=None if resume is None else resume["logger"]))
-        saved = {"path": None, "warned": False}
+        files = checkpoint.step_files(out_dir)
+        saved = {"path": files[-1][1] if resume is not None and files else None, "warned": False}
 
         def save(final: bool = False) -> None:
+            """Checkpoint the run; its cost (collecting the state included) is logged as checkpoint/*."""
+            start = time.perf_counter()
             state = {"actor": actor.state_dict(), "critic": critic.state_dict(), "updater": updater.state_dict(),
                      "collector": collector.state_dict(), "guards": {k: g.state_dict() for k, g in guards.items()},
-                     "logger": logger.state_dict(), "rng": global_rng_state(), "global_step": global_step,
+                     "logger": logger.state_dict(), "rng": global_rng_state(device), "global_step": global_step,
                      "config": OmegaConf.to_container(cfg, resolve=True) | {"resume": None}}
             lost = next((s for s in state["collector"]["envs"] if isinstance(s, str)), None)
             if lost is not None and not saved["warned"]:
@@ -147,6 +155,8 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None 
                 note(f"{cfg.env.id}'s state cannot be saved ({lost}): a run resumed from these checkpoints starts "
                      "fresh episodes and is not bit-exact (docs/reliability.md)")
             saved["path"] = checkpointer.save(global_step, state, final=final)
+            logger.log({"checkpoint/seconds": time.perf_counter() - start,
+                        "checkpoint/megabytes": saved["path"].stat().st_size / 1e6}, global_step)
 
         def finish(job) -> dict[str, float]:
             try:
@@ -204,7 +214,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None 
     return result
 
 
-def _restore(state: dict, cfg: DictConfig, actor, critic, updater, collector, guards) -> int:
+def _restore(state: dict, cfg: DictConfig, device: torch.device, actor, critic, updater, collector, guards) -> int:
     """Load a checkpoint's state into the freshly built objects; returns its global step."""
     actor.load_state_dict(state["actor"])
     critic.load_state_dict(state["critic"])
@@ -215,7 +225,7 @@ def _restore(state: dict, cfg: DictConfig, actor, critic, updater, collector, gu
              "not bit-exact (docs/reliability.md)")
     for name, guard in guards.items():
         guard.load_state_dict(state["guards"][name])
-    set_global_rng_state(state["rng"])
+    set_global_rng_state(state["rng"], device)
     return int(state["global_step"])
 
 

@@ -363,14 +363,14 @@ class ParallelEnvs:
         conn, proc = self.conns[w], self.procs[w]
         timeout_s = timeout_s or self.timeout_s
         deadline = time.monotonic() + timeout_s
-        while not conn.poll(0.1):
-            if not proc.is_alive():
-                raise self._died(w)
-            if time.monotonic() > deadline:
-                raise self._silent(w, timeout_s)
         try:
+            while not conn.poll(0.1):
+                if not proc.is_alive():
+                    raise self._died(w)
+                if time.monotonic() > deadline:
+                    raise self._silent(w, timeout_s)
             msg = conn.recv_bytes()
-        except EOFError:
+        except (EOFError, OSError):  # its end of the pipe closed or reset: it is gone
             raise self._died(w) from None
         if msg[:1] == b"E":
             raise self._failed(w, msg)
@@ -392,7 +392,7 @@ class ParallelEnvs:
         for w, (conn, proc) in enumerate(zip(self.conns, self.procs, strict=True)):
             try:
                 msg = conn.recv_bytes() if conn.poll() else b""
-            except EOFError:  # the worker's end of the pipe closed: it is gone
+            except (EOFError, OSError):  # the worker's end of the pipe closed or reset: it is gone
                 msg = b""
             if msg[:1] == b"E":
                 raise self._failed(w, msg)
@@ -486,8 +486,8 @@ class ParallelEnvs:
                 raise self._died(w) from None
         if self.local is not None:
             self.local.set_state([states[i] for i in self.local_ids])
-        for w in range(len(self.conns)):
-            self._wait(w)
+        for w in range(len(self.conns)):  # rebuilding envs takes as long as making them
+            self._wait(w, timeout_s=max(self.timeout_s, _START_S))
 
     def close(self) -> None:
         for w, (conn, proc) in enumerate(zip(self.conns, self.procs, strict=True)):

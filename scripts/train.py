@@ -9,6 +9,7 @@ non-zero exit; nothing is left behind that looks like a run.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import shutil
@@ -43,6 +44,7 @@ def _remove_run_dir(out_dir: Path) -> None:
     for path in [*out_dir.glob("*.log"), *out_dir.glob("events.out.tfevents.*")]:
         path.unlink(missing_ok=True)
     shutil.rmtree(out_dir / checkpoint.SUBDIR, ignore_errors=True)
+    (out_dir / ".lock").unlink(missing_ok=True)
     try:
         out_dir.rmdir()
     except OSError:
@@ -57,8 +59,9 @@ def _resume(cfg: DictConfig) -> tuple[DictConfig, Path, dict]:
     if not run_dir.is_dir():
         raise ConfigError(f"resume={cfg.resume!r} is not a run directory")
     state, path, skipped = checkpoint.load_latest(run_dir)
-    for line in skipped:
-        print(f"note: {line}", file=sys.stderr)
+    for bad, why in skipped:  # out of the way, so that pruning cannot keep it instead of a good one
+        os.replace(bad, bad.with_suffix(".corrupt"))
+        print(f"note: skipped {why}; renamed it {bad.with_suffix('.corrupt').name}", file=sys.stderr)
     cfg = resume_config(OmegaConf.create(state["config"]), cfg, list(hydra_cfg.overrides.task))
     validate(cfg)
     step = int(state["global_step"])
@@ -93,10 +96,13 @@ def main(cfg: DictConfig) -> float:
         _error(str(e))
     except WorkerError as e:
         if e.details:
-            (out_dir / "worker_error.log").write_text(e.details)
+            with contextlib.suppress(OSError):
+                (out_dir / "worker_error.log").write_text(e.details)
         _error(f"training stopped: {e}{_where(out_dir, e.details)}", 1)
     except DivergedError as e:
         _error(f"training stopped: {e}", 1)
+    except OSError as e:  # disk full, permissions: where the run writes
+        _error(f"training stopped: cannot write {e.filename or out_dir}: {e.strerror or e}", 1)
     return metrics["eval/mean_return"]
 
 
@@ -162,7 +168,7 @@ def cli(argv: list[str]) -> int:
             return 2
         # continue in the run's own directory, and leave its .hydra/ (the original command) as it is
         argv = [*argv, f"hydra.run.dir='{os.path.abspath(resume[-1])}'", "hydra.output_subdir=null"]
-    full_errors = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    full_errors = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # raise Hydra's errors to here rather than print them
     signal.signal(signal.SIGTERM, _terminated)
     sys.argv = [sys.argv[0], *argv]
@@ -170,11 +176,19 @@ def cli(argv: list[str]) -> int:
         main()
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (print(e.code, file=sys.stderr) or 1)
+    except KeyboardInterrupt:
+        print("error: interrupted; a run continues from its last checkpoint with resume=RUN_DIR", file=sys.stderr)
+        return 130
     except (HydraException, OmegaConfBaseException) as e:
-        if full_errors:
+        if full_errors == "1":
             raise
         print(f"error: {hydra_error_line(e)}", file=sys.stderr)
         return 2
+    finally:
+        if full_errors is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_errors
     return 0
 
 

@@ -4,6 +4,8 @@ import hashlib
 import io
 import os
 import stat
+import subprocess
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -70,7 +72,7 @@ def test_load_latest_skips_a_damaged_newest_file(tmp_path):
     newest = keeper.save(20, {"global_step": 20})
     newest.write_bytes(newest.read_bytes()[:-5])
     state, path, skipped = checkpoint.load_latest(tmp_path)
-    assert state["global_step"] == 10 and len(skipped) == 1 and "truncated" in skipped[0]
+    assert state["global_step"] == 10 and len(skipped) == 1 and "truncated" in skipped[0][1]
 
 
 def test_leftover_temporary_files_are_removed_on_start(tmp_path):
@@ -126,3 +128,32 @@ def test_an_env_that_cannot_be_saved_says_why():
 
     with pytest.raises(TypeError, match="cannot be pickled"):
         env_state(gym.make("Unpicklable-v0"))
+
+
+def test_a_run_directory_takes_one_process(tmp_path):
+    with checkpoint.lock(tmp_path):
+        code = ("import sys; from rl_trust import checkpoint\n"
+                "try:\n    checkpoint.lock(sys.argv[1]).__enter__()\nexcept Exception as e:\n    print(e); sys.exit(3)")
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+        assert proc.returncode == 3 and "another process is training" in proc.stdout
+    with checkpoint.lock(tmp_path):  # released, so it can be taken again
+        pass
+
+
+def test_load_schedule_replans_an_extended_horizon():
+    from rl_trust.optim.schedule import linear_decay, load_schedule
+
+    def scheduler(total):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.3)
+        return opt, linear_decay(opt, total)
+
+    opt, sched = scheduler(10)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    same_opt, same = scheduler(10)
+    load_schedule(same, sched.state_dict())
+    assert same_opt.param_groups[0]["lr"] == opt.param_groups[0]["lr"]  # bit for bit
+    longer_opt, longer = scheduler(20)
+    load_schedule(longer, sched.state_dict())
+    assert longer_opt.param_groups[0]["lr"] == pytest.approx(0.3 * (1 - 5 / 20))

@@ -169,3 +169,17 @@ def test_logger_writes_and_counts_nonfinite_values(tmp_path, capsys):
 def test_worker_errors_name_the_signal():
     err = WorkerError("rollout worker 0 (pid 1) was killed by signal 9 (SIGKILL)", "tb")
     assert err.details == "tb" and "SIGKILL" in str(err)
+
+
+def test_sigterm_stops_with_one_line_and_no_worker_left(tmp_path):
+    proc = start(tmp_path)
+    worker = worker_of(proc)
+    proc.send_signal(signal.SIGTERM)
+    code, err, _ = finish(proc, 30)
+    assert code != 0 and len(err) == 1 and "SIGTERM" in err[0] and "resume=" in err[0], err
+    deadline = time.monotonic() + 5
+    while not gone(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(worker)
+    assert not list((tmp_path / "run").rglob(".*.tmp-*"))
+    checkpoint.load_latest(tmp_path / "run")

@@ -150,7 +150,7 @@ def test_dead_worker_is_reported_and_close_leaves_no_process():
     envs.reset(seed=0)
     procs[1].kill()
     procs[1].join()
-    with pytest.raises(RuntimeError, match="rollout worker 1 .* died"):
+    with pytest.raises(RuntimeError, match="rollout worker 1 .* (died|was killed|exited)"):
         envs.step(np.zeros((4, 1), np.float32))
     envs.close()
     assert not any(p.is_alive() for p in procs)

@@ -234,3 +234,9 @@ def test_numpy_blas_runs_one_thread_during_a_run_whatever_torch_threads(tmp_path
     finally:
         torch.set_num_threads(before)
     assert seen and set(seen) == {1}  # numpy's BLAS was found and held at one thread
+
+
+def test_total_steps_not_a_multiple_of_the_batch_is_said(tmp_path, capsys):
+    metrics = run(make_cfg("env=Pendulum", *tiny("total_steps=150")), tmp_path)
+    assert metrics["train/global_step"] == 128
+    assert "total_steps=150 is not a multiple of the batch" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import torch
 
 from rl_trust.batch import RolloutBatch
 from rl_trust.config import KLPenaltyConfig
-from rl_trust.optim.schedule import linear_decay
+from rl_trust.optim.schedule import linear_decay, load_schedule
 from rl_trust.policies import Actor, Params
 from rl_trust.updaters.common import (
     PolicyData,
@@ -74,4 +74,4 @@ class KLPenalty:
         self.generator.set_state(state["generator"])
         self.beta = float(state["beta"])
         if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+            load_schedule(self.scheduler, state["scheduler"])

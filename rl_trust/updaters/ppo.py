@@ -6,7 +6,7 @@ import torch
 
 from rl_trust.batch import RolloutBatch
 from rl_trust.config import PPOConfig
-from rl_trust.optim.schedule import linear_decay
+from rl_trust.optim.schedule import linear_decay, load_schedule
 from rl_trust.policies import Actor, Params
 from rl_trust.updaters.common import PolicyData, entropy, minibatch_epochs, policy_data, policy_shift, surrogate
 
@@ -45,4 +45,4 @@ class PPO:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+            load_schedule(self.scheduler, state["scheduler"])

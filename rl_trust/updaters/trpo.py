@@ -59,8 +59,10 @@ class TRPO:
         cg = cg_solve(fvp, grad, iters=cfg.cg_iters)
         shs = float(cg.x.dot(fvp(cg.x)))  # xᵀ F x
         metrics |= {"trust_region/cg_residual": cg.residual, "trust_region/cg_iterations": float(cg.iterations)}
-        if not (math.isfinite(shs) and shs > 0 and torch.isfinite(cg.x).all()):
+        if not (math.isfinite(shs) and torch.isfinite(cg.x).all()):
             raise FloatingPointError(f"TRPO: the natural-gradient step is not finite (x'Fx = {shs})")
+        if shs <= 0:  # a zero gradient (e.g. constant advantages): nothing to step along
+            return metrics | {"trust_region/line_search_accepted": 0.0, "trust_region/kl": 0.0}
 
         full_step = math.sqrt(2 * cfg.max_kl / shs) * cg.x
 
