@@ -121,11 +121,17 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", legacy: boo
     """Read a checkpoint file, or a run directory's final (else newest) checkpoint; :class:`CheckpointError`
     if unusable. ``legacy``: see :func:`loads`."""
     path = Path(path)
-    if path.is_dir():
-        found = find(path)
-        if found is None:
+    if path.is_dir():  # the final checkpoint, else the newest readable periodic one
+        candidates = [p for p in [path / FINAL] if p.is_file()] + [p for _, p in reversed(step_files(path))]
+        if not candidates:
             raise CheckpointError(f"{str(path)!r} is a directory without checkpoints (no {FINAL} or {SUBDIR}/)")
-        path = found
+        errors = []
+        for candidate in candidates:
+            try:
+                return load(candidate, map_location, legacy)
+            except CheckpointError as e:
+                errors.append(str(e))
+        raise CheckpointError(f"{str(path)!r} holds no readable checkpoint ({'; '.join(errors)})")
     if not path.exists():
         raise CheckpointError(f"{str(path)!r} does not exist")
     if not path.is_file():
@@ -172,10 +178,21 @@ def load_latest(run_dir: str | Path) -> tuple[dict, Path, list[tuple[Path, str]]
     raise CheckpointError(f"{str(run_dir)!r} holds no usable checkpoint to resume from{why}")
 
 
+_held: dict[Path, int] = {}  # run directories this process holds the lock of, and how many times
+
+
 @contextlib.contextmanager
 def lock(run_dir: str | Path) -> Iterator[None]:
-    """Hold ``run_dir``'s lock file for the block: a second process training into it is refused."""
-    run_dir = Path(run_dir)
+    """Hold ``run_dir``'s lock file for the block: a second process training into it is refused (taking it
+    again in the same process is fine: scripts/train.py takes it before it looks at the directory)."""
+    run_dir = Path(run_dir).resolve()
+    if run_dir in _held:
+        _held[run_dir] += 1
+        try:
+            yield
+        finally:
+            _held[run_dir] -= 1
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / ".lock", "a+") as f:
         try:
@@ -183,10 +200,26 @@ def lock(run_dir: str | Path) -> Iterator[None]:
         except BlockingIOError:
             raise ConfigError(f"another process is training in {str(run_dir)!r}: wait for it to end, or stop it "
                               "and resume") from None
+        _held[run_dir] = 1
         try:
             yield
         finally:
+            del _held[run_dir]
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def locked(run_dir: str | Path) -> bool:
+    """Whether another process holds ``run_dir``'s lock (is training there now)."""
+    path = Path(run_dir) / ".lock"
+    if Path(run_dir).resolve() in _held or not path.is_file():
+        return False
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
 
 
 class Checkpointer:

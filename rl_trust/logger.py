@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
 from collections import deque
+from pathlib import Path
 
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
@@ -25,6 +27,8 @@ class Logger:
 
     def __init__(self, log_dir: str, total_steps: int, config_yaml: str, *, progress: bool = True,
                  line_interval_s: float = 10.0, start_step: int = 0, state: dict | None = None):
+        if state is not None:
+            _after_existing_events(log_dir)
         self.writer = SummaryWriter(log_dir, purge_step=start_step + 1 if state is not None else None)
         if state is None:
             self.writer.add_text("config", "```yaml\n" + config_yaml + "\n```", 0)
@@ -92,3 +96,15 @@ class Logger:
         if self.bar is not None:
             self.bar.close()
         self.writer.close()
+
+
+def _after_existing_events(log_dir: str) -> None:
+    """Wait, if need be, until a new events file's name (``events.out.tfevents.<unix seconds>...``) sorts
+    after the existing ones': TensorBoard reads files in name order, and the purge a resumed run asks for
+    applies to the events read before it."""
+    stamps = []
+    for path in Path(log_dir).glob("events.out.tfevents.*"):
+        with contextlib.suppress(IndexError, ValueError):
+            stamps.append(int(path.name.split(".")[3]))
+    while stamps and int(time.time()) <= max(stamps):
+        time.sleep(0.05)

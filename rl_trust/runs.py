@@ -13,8 +13,9 @@ from rl_trust.errors import ConfigError
 
 # Overrides a resume may change: none of them changes what is computed (batches do not depend on the
 # worker split or the critic's overlap, docs/benchmarks.md; checkpoints are taken at iteration boundaries).
-RESUME_KEYS = ("resume", "total_steps", "progress", "checkpoint", "checkpoint.every_steps", "checkpoint.keep",
-               "rollout.workers", "rollout.learner_envs", "rollout.overlap_critic", "rollout.worker_timeout_s")
+RESUME_KEYS = ("total_steps", "progress", "checkpoint.every_steps", "checkpoint.keep", "rollout.workers",
+               "rollout.learner_envs", "rollout.overlap_critic", "rollout.worker_timeout_s")
+GROUPS = ("algo", "env", "tuned")  # config groups: a resume continues with the run's own choices
 
 
 def holds_run(path: str | Path) -> bool:
@@ -22,8 +23,9 @@ def holds_run(path: str | Path) -> bool:
     path = Path(path)
     if not path.is_dir():
         return False
-    return any((path / name).exists() for name in ("metrics.json", checkpoint.FINAL, checkpoint.SUBDIR)) or any(
-        path.glob("events.out.tfevents.*"))
+    ours = ("metrics.json", checkpoint.FINAL, checkpoint.SUBDIR)
+    return (checkpoint.locked(path) or any((path / name).exists() for name in ours)
+            or any(path.glob("events.out.tfevents.*")))
 
 
 def resume_config(saved: DictConfig, composed: DictConfig, overrides: list[str]) -> DictConfig:
@@ -39,13 +41,16 @@ def resume_config(saved: DictConfig, composed: DictConfig, overrides: list[str])
         new = OmegaConf.to_container(new, resolve=True) if isinstance(new, DictConfig) else new
         old = OmegaConf.select(cfg, key, default=None)
         old = OmegaConf.to_container(old) if isinstance(old, DictConfig) else old
-        if key in RESUME_KEYS or key.startswith("checkpoint."):
+        if key in RESUME_KEYS and not (override.is_delete() or override.is_add()):
             if key == "total_steps" and new < old:
                 raise ConfigError(f"total_steps={new} is invalid on resume: the run was set to {old} steps, and "
                                   "a resumed run may only be extended")
             OmegaConf.update(cfg, key, new, merge=False)
+        elif key.split(".")[0] in GROUPS and "." not in key:
+            raise ConfigError(f"{override.input_line} cannot be given on resume: the run continues with its own "
+                              "config (its algo, env and tuned choices included)")
         elif new != old or override.is_delete() or override.is_add():
             raise ConfigError(f"{override.input_line} cannot be changed on resume (the run has {key}={old!r}): "
-                              f"only {', '.join(k for k in RESUME_KEYS if k not in ('resume', 'checkpoint'))} may")
+                              f"only {', '.join(RESUME_KEYS)} may")
     cfg.resume = None
     return cfg

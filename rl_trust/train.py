@@ -128,11 +128,10 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None 
         global_step = 0
         if resume is not None:
             global_step = _restore(resume, cfg, device, actor, critic, updater, collector, guards)
-            if global_step < total:  # an extended run is not finished any more: keep what it finished with
-                for name, kept in (("metrics.json", f"metrics_step{global_step}.json"),
-                                   (checkpoint.FINAL, f"checkpoint_step{global_step}.pt")):
-                    if (out_dir / name).exists():
-                        os.replace(out_dir / name, out_dir / kept)
+            if global_step < total and (out_dir / "metrics.json").exists():
+                # an extended run is not finished any more: keep what it finished with (its checkpoint.pt
+                # stays until the extension's own final one replaces it)
+                os.replace(out_dir / "metrics.json", out_dir / f"metrics_step{global_step}.json")
         if total != cfg.total_steps and resume is None:  # said once everything is checked
             note(f"total_steps={cfg.total_steps} is not a multiple of the batch (env.num_envs * "
                  f"rollout.steps_per_env = {steps_per_update}): training {total} steps ({num_updates} updates)")

@@ -10,6 +10,7 @@ each becomes one curve (its runs are the seeds). Curves are resampled onto a com
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def unreadable(run: Path) -> list[Path]:
 
 
 def load(run: Path, tag: str) -> tuple[np.ndarray, np.ndarray] | None:
+    logging.getLogger("tensorboard").setLevel(logging.ERROR)  # a resumed run's purge is expected, not news
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
     acc.Reload()
     if tag not in acc.Tags()["scalars"]:
@@ -74,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.smooth < 1:
         p.error(f"--smooth={args.smooth} must be >= 1")
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    formats = fig.canvas.get_supported_filetypes()
+    if args.out.is_dir():
+        p.error(f"--out {args.out} is a directory: give a file name, e.g. {args.out / 'curve.png'}")
+    if args.out.suffix.lstrip(".").lower() not in formats:
+        p.error(f"--out {args.out}: the format must be one of {', '.join(sorted(formats))} (from its suffix)")
     for path, label in zip(args.paths, labels, strict=True):
         if not path.is_dir():
             print(f"error: {path} is not a directory", file=sys.stderr)

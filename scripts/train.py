@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import difflib
 import os
+import shlex
 import shutil
 import signal
 import sys
 from pathlib import Path
 
 import hydra
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
@@ -38,39 +40,47 @@ def _error(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
 def _remove_run_dir(out_dir: Path) -> None:
-    """Nothing was trained: remove what Hydra and the run wrote, and the directory if that leaves it empty."""
-    shutil.rmtree(out_dir / ".hydra", ignore_errors=True)
-    for path in [*out_dir.glob("*.log"), *out_dir.glob("events.out.tfevents.*")]:
+    """Nothing was trained: remove what Hydra and this command wrote (the directory held no run before),
+    and the directory if that leaves it empty; anything else in it stays."""
+    for name in HYDRA_FILES:
+        (out_dir / ".hydra" / name).unlink(missing_ok=True)
+    for path in out_dir.glob("events.out.tfevents.*"):
         path.unlink(missing_ok=True)
     shutil.rmtree(out_dir / checkpoint.SUBDIR, ignore_errors=True)
     (out_dir / ".lock").unlink(missing_ok=True)
-    try:
-        out_dir.rmdir()
-    except OSError:
-        pass  # it holds files that are not ours: leave them
+    for folder in (out_dir / ".hydra", out_dir):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only if empty: it may hold files that are not ours
 
 
-def _resume(cfg: DictConfig) -> tuple[DictConfig, Path, dict]:
+class _Stopped(BaseException):
+    """A termination signal arrived (SIGTERM: a cluster's pre-emption, ``kill``)."""
+
+
+def _terminated(signum, frame) -> None:
+    raise _Stopped(signal.Signals(signum).name)
+
+
+def _resume(cfg: DictConfig) -> tuple[DictConfig, Path, dict, list[tuple[Path, str]]]:
+    """The checks of ``resume=``, changing nothing: the config, the run directory, the checkpoint's state
+    and the newer checkpoint files that could not be read."""
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
         raise ConfigError(f"resume={cfg.resume!r} is invalid in a multirun (-m): resume one run at a time")
     run_dir = Path(cfg.resume)
-    if not run_dir.is_dir():
-        raise ConfigError(f"resume={cfg.resume!r} is not a run directory")
-    state, path, skipped = checkpoint.load_latest(run_dir)
-    for bad, why in skipped:  # out of the way, so that pruning cannot keep it instead of a good one
-        os.replace(bad, bad.with_suffix(".corrupt"))
-        print(f"note: skipped {why}; renamed it {bad.with_suffix('.corrupt').name}", file=sys.stderr)
+    state, _, skipped = checkpoint.load_latest(run_dir)
     cfg = resume_config(OmegaConf.create(state["config"]), cfg, list(hydra_cfg.overrides.task))
     validate(cfg)
     step = int(state["global_step"])
     batch = cfg.env.num_envs * cfg.rollout.steps_per_env
     if (run_dir / "metrics.json").exists() and step >= cfg.total_steps // batch * batch:
-        raise ConfigError(f"resume={cfg.resume!r}: that run already finished its {step} steps (raise total_steps "
-                          "to extend it)")
-    print(f"resuming {run_dir} from {path.name} (step {step})", file=sys.stderr, flush=True)
-    return cfg, run_dir, state
+        raise ConfigError(f"resume={str(run_dir)!r}: that run already finished its {step} steps (raise total_steps "
+                          f"by at least one batch, {batch} steps, to extend it)")
+    return cfg, run_dir, state, skipped
 
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")  # absolute: also when imported (the tests)
@@ -80,15 +90,26 @@ CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")  # absolute: also
 def main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     resuming = cfg.resume is not None
-    fresh = not resuming and not holds_run(out_dir)
+    fresh = False
     try:
         if resuming:
-            cfg, out_dir, state = _resume(cfg)
-            metrics = run(cfg, out_dir, resume=state)
-        elif not fresh:
-            raise ConfigError(f"hydra.run.dir={str(out_dir)!r} already holds a run: continue it with "
-                              f"resume={out_dir}, or train into a new directory")
-        else:
+            cfg, out_dir, state, skipped = _resume(cfg)  # checks only: a refused resume changes nothing
+            with checkpoint.lock(out_dir):
+                for bad, why in skipped:  # out of the way, so that pruning cannot keep it instead of a good one
+                    os.replace(bad, bad.with_suffix(".corrupt"))
+                    print(f"note: skipped {why}; renamed it {bad.with_suffix('.corrupt').name}", file=sys.stderr)
+                print(f"resuming {out_dir} from step {state['global_step']}", flush=True)
+                metrics = run(cfg, out_dir, resume=state)
+            return metrics["eval/mean_return"]
+        if holds_run(out_dir):  # finished, stopped, or in progress in another process: touch nothing
+            hint = (f"continue it with resume={shlex.quote(str(out_dir))}" if checkpoint.find(out_dir)
+                    else "it stopped before its first checkpoint: remove it to start again")
+            if checkpoint.locked(out_dir):
+                hint = "another process is training there now"
+            raise ConfigError(f"hydra.run.dir={str(out_dir)!r} already holds a run: {hint}, or train into "
+                              "another directory")
+        with checkpoint.lock(out_dir):  # refused if another process took it meanwhile: then nothing is ours
+            fresh = True
             metrics = run(cfg, out_dir)
     except (ConfigError, CheckpointError) as e:
         if fresh:
@@ -103,15 +124,17 @@ def main(cfg: DictConfig) -> float:
         _error(f"training stopped: {e}", 1)
     except OSError as e:  # disk full, permissions: where the run writes
         _error(f"training stopped: cannot write {e.filename or out_dir}: {e.strerror or e}", 1)
+    except (KeyboardInterrupt, _Stopped) as e:
+        name = "SIGINT" if isinstance(e, KeyboardInterrupt) else str(e)
+        _error(f"stopped by {name}{_where(out_dir, '')}", 130 if name == "SIGINT" else 143)
     return metrics["eval/mean_return"]
 
 
 def _where(out_dir: Path, details: str) -> str:
-    found = checkpoint.find(out_dir)
     more = f"; its traceback is in {out_dir / 'worker_error.log'}" if details else ""
-    if found is None:
-        return f"{more}; no checkpoint was taken yet"
-    return f"{more}; continue from the last checkpoint with resume={out_dir}"
+    if checkpoint.find(out_dir) is None:
+        return f"{more}; no checkpoint was taken yet (remove {str(out_dir)!r} to start again)"
+    return f"{more}; continue from the last checkpoint with resume={shlex.quote(str(out_dir))}"
 
 
 def hydra_error_line(e: BaseException) -> str:
@@ -130,6 +153,12 @@ def hydra_error_line(e: BaseException) -> str:
         key = cause.full_key
         if "not in struct" in msg or "not in 'Config'" in msg or "Key '" in msg and "not" in msg:
             return f"{key} is not a config key{_suggest(key)}"
+        value = getattr(cause, "__dict__", {}).get("value", None)
+        for kind, want in (("Integer", "an integer (write 100000, not 1e5 or 1.5)"), ("Float", "a number"),
+                           ("Boolean", "true or false")):
+            if f"converted to {kind}" in msg or f"valid {kind.lower()[:4]}" in msg:
+                shown = msg.split("'")[1] if msg.count("'") >= 2 else value
+                return f"{key}={shown} is invalid: must be {want}"
         return f"{key}: {msg}" + (f" ({head})" if head and key not in head else "")
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     return " ".join(ln for ln in lines if not ln.startswith(("full_key:", "object_type", "Set the environment")))
@@ -152,22 +181,44 @@ def _suggest(key: str) -> str:
         f": {where} are {', '.join(sorted(keys))}"
 
 
-def _terminated(signum, frame) -> None:
-    raise SystemExit(f"error: stopped by signal {signal.Signals(signum).name}; a run continues from its last "
-                     "checkpoint with resume=RUN_DIR")
+def _check_argv(argv: list[str]) -> tuple[list[str], str | None]:
+    """The command line's own mistakes, before Hydra (whose argparse prints a usage page, and which would
+    create the run directory first); returns the arguments with a resume's directory and run directory
+    set. Raises ConfigError."""
+    parser = get_args_parser()
+
+    def error(message: str):
+        raise ConfigError(f"train.py: {message} (see --help)")
+
+    parser.error = error
+    args = parser.parse_args(argv)
+    seen = {item.split("=", 1)[0].lstrip("+~"): item for item in args.overrides}  # the last wins, as in Hydra
+    if "resume" not in seen or seen["resume"] in ("resume=null", "resume=None"):
+        return argv, None
+    value = seen["resume"].split("=", 1)[1].strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1]
+    if not value:
+        raise ConfigError("resume= needs a run directory (resume=runs/<run>)")
+    if not os.path.isdir(value):
+        raise ConfigError(f"resume={value!r} is not a run directory")
+    if "hydra.run.dir" in seen:
+        raise ConfigError(f"{seen['hydra.run.dir']} cannot be given with resume=: a run continues in its own "
+                          "directory")
+    path = os.path.abspath(value).replace("\\", "\\\\").replace("'", "\\'")
+    # the run's directory, quoted for Hydra (commas and = in a multirun's folder names); .hydra/ keeps the
+    # original command
+    ours = [f"resume='{path}'", f"hydra.run.dir='{path}'", "hydra.output_subdir=null"]
+    return ours + [a for a in argv if not a.startswith("resume=")], value
 
 
 def cli(argv: list[str]) -> int:
     """Run ``main`` on ``argv``, Hydra's own errors reduced to one line; returns the exit code."""
-    resume = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
-    if resume and resume[-1] not in ("null", ""):
-        problem = ("is not a run directory" if not os.path.isdir(resume[-1]) else
-                   "contains a single quote, which Hydra cannot take in a path" if "'" in resume[-1] else None)
-        if problem:  # before Hydra, which would create the directory
-            print(f"error: resume={resume[-1]!r} {problem}", file=sys.stderr)
-            return 2
-        # continue in the run's own directory, and leave its .hydra/ (the original command) as it is
-        argv = [*argv, f"hydra.run.dir='{os.path.abspath(resume[-1])}'", "hydra.output_subdir=null"]
+    try:
+        argv, _ = _check_argv(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     full_errors = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # raise Hydra's errors to here rather than print them
     signal.signal(signal.SIGTERM, _terminated)
@@ -176,13 +227,16 @@ def cli(argv: list[str]) -> int:
         main()
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (print(e.code, file=sys.stderr) or 1)
-    except KeyboardInterrupt:
-        print("error: interrupted; a run continues from its last checkpoint with resume=RUN_DIR", file=sys.stderr)
+    except (KeyboardInterrupt, _Stopped):  # before the run started
+        print("error: stopped before training started", file=sys.stderr)
         return 130
     except (HydraException, OmegaConfBaseException) as e:
         if full_errors == "1":
             raise
         print(f"error: {hydra_error_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # Hydra making the run directory: a file is in the way, no permission
+        print(f"error: cannot create the run directory {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
     finally:
         if full_errors is None:

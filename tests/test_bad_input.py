@@ -7,6 +7,7 @@ import re
 import shlex
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,6 +66,15 @@ def places(tmp_path_factory):
     (corrupt_run / "checkpoints").mkdir(parents=True)
     good = (finished / "checkpoint.pt").read_bytes()
     (corrupt_run / "checkpoints" / "step_000000000064.pt").write_bytes(good[:-10])
+    bare_started = tmp / "bare_started"
+    bare_started.mkdir()
+    shutil.copy(next(finished.glob("events.out.tfevents.*")), bare_started)
+    corrupt_newest = tmp / "corrupt_newest"
+    shutil.copytree(finished, corrupt_newest)
+    for path in (corrupt_newest / "metrics.json", corrupt_newest / "checkpoint.pt"):
+        path.unlink()
+    newest = checkpoint.step_files(corrupt_newest)[-1][1]
+    newest.write_bytes(newest.read_bytes()[:-7])
     files = tmp / "files"
     files.mkdir()
     (files / "empty.pt").write_bytes(b"")
@@ -82,7 +92,8 @@ def places(tmp_path_factory):
     events_dir.mkdir()
     (events_dir / "events.out.tfevents.1.host.1.0").write_bytes(b"\x00garbage that is not a record" * 10)
     return {"tmp": str(tmp), "run": str(finished), "killed": str(killed), "bare": str(bare),
-            "corrupt_run": str(corrupt_run), "files": files}
+            "corrupt_run": str(corrupt_run), "bare_started": str(bare_started), "corrupt_newest": str(corrupt_newest),
+            "files": files}
 
 
 def fill(args: str, places) -> list[str]:
@@ -93,8 +104,8 @@ def fill(args: str, places) -> list[str]:
 
 def snapshot(places) -> dict:
     out = {}
-    for key in ("run", "killed", "bare", "corrupt_run"):
-        for path in sorted(p for p in __import__("pathlib").Path(places[key]).rglob("*") if p.is_file()):
+    for key in ("run", "killed", "bare", "corrupt_run", "bare_started", "corrupt_newest", "files"):
+        for path in sorted(p for p in Path(places[key]).rglob("*") if p.is_file()):
             out[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
 

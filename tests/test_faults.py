@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT, make_cfg, tiny
 
 from rl_trust import checkpoint
-from rl_trust.errors import DivergedError, WorkerError
+from rl_trust.errors import DivergedError
 from rl_trust.logger import Logger
 from rl_trust.train import run
 from rl_trust.updaters.ppo import PPO
@@ -166,11 +166,6 @@ def test_logger_writes_and_counts_nonfinite_values(tmp_path, capsys):
     assert capsys.readouterr().err.count("losses/x") == 1  # reported once
 
 
-def test_worker_errors_name_the_signal():
-    err = WorkerError("rollout worker 0 (pid 1) was killed by signal 9 (SIGKILL)", "tb")
-    assert err.details == "tb" and "SIGKILL" in str(err)
-
-
 def test_sigterm_stops_with_one_line_and_no_worker_left(tmp_path):
     proc = start(tmp_path)
     worker = worker_of(proc)
@@ -183,3 +178,27 @@ def test_sigterm_stops_with_one_line_and_no_worker_left(tmp_path):
     assert gone(worker)
     assert not list((tmp_path / "run").rglob(".*.tmp-*"))
     checkpoint.load_latest(tmp_path / "run")
+
+
+def test_a_second_command_on_a_run_in_progress_touches_nothing(tmp_path):
+    proc = start(tmp_path)
+    second = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *LONG,
+                             f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2 and "another process is training there now" in second.stderr
+    time.sleep(1.0)
+    assert proc.poll() is None  # the first run goes on
+    proc.kill()
+    proc.wait()
+    assert (tmp_path / "run" / ".hydra" / "config.yaml").exists()
+
+
+def test_a_refused_command_keeps_the_users_own_files(tmp_path):
+    folder = tmp_path / "mine"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "my.yaml").write_text("x: 1\n")
+    (folder / "important.log").write_text("keep me\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "env=Pendulum", "total_steps=0",
+                           f"hydra.run.dir={folder}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "total_steps=0" in proc.stderr
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == [".hydra", ".hydra/my.yaml",
+                                                                            "important.log"]
