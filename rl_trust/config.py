@@ -216,16 +216,37 @@ def check_keys(cfg: DictConfig) -> None:
     _check_node(cfg, Config, "")
 
 
+def schema_keys(parent: str) -> list[str] | None:
+    """The keys the schema allows under ``parent`` ("" for the top level; every updater's under "algo"),
+    or None where it sets none (free-form mappings, unknown parents)."""
+    if parent == "algo":
+        return sorted({f.name for schema in ALGO_SCHEMAS.values() for f in dataclasses.fields(schema)})
+    schema: Any = Config
+    for part in parent.split(".") if parent else ():
+        field_types = {f.name: f.type for f in dataclasses.fields(schema)}
+        schema = _DATACLASSES.get(field_types.get(part), None)
+        if schema is None:
+            return None
+    return sorted(f.name for f in dataclasses.fields(schema))
+
+
+def unknown_key(full: str, keys: list[str]) -> ConfigError:
+    """The error for a key the schema does not have, with the nearest allowed ones."""
+    parent, _, leaf = full.rpartition(".")
+    prefix = f"{parent}." if parent else ""
+    close = difflib.get_close_matches(leaf, keys, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(prefix + c for c in close)}? " if close else ""
+    where = f"the keys of {parent}" if parent else "the top-level keys"
+    return ConfigError(f"{full} is not a config key ({hint}a + adds a key nothing reads): {where} are "
+                       f"{', '.join(keys)}")
+
+
 def _check_node(node: DictConfig, schema: type, prefix: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(schema)}
     for key in node.keys():
         full = f"{prefix}{key}"
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=3, cutoff=0.6)
-            hint = f"did you mean {' or '.join(prefix + c for c in close)}? " if close else ""
-            raise ConfigError(f"{full} is not a config key ({hint}a + adds a key nothing reads): "
-                              f"{'the keys of ' + prefix[:-1] if prefix else 'the top-level keys'} are "
-                              f"{', '.join(sorted(fields))}")
+            raise unknown_key(full, sorted(fields))
         if full in _FREE_FORM:
             continue
         sub = ALGO_SCHEMAS[node[key].name] if full == "algo" else fields[key].type

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rl_trust import checkpoint
-from rl_trust.config import register_configs, validate
+from rl_trust.config import register_configs, schema_keys, unknown_key, validate
 from rl_trust.errors import CheckpointError, ConfigError, DivergedError, WorkerError
 from rl_trust.runs import holds_run, resume_config
 from rl_trust.train import run
@@ -152,7 +152,8 @@ def hydra_error_line(e: BaseException) -> str:
         head = str(e).strip().splitlines()[0] if cause is not e else ""
         key = cause.full_key
         if "not in struct" in msg or "not in 'Config'" in msg or "Key '" in msg and "not" in msg:
-            return f"{key} is not a config key{_suggest(key)}"
+            keys = schema_keys(key.rpartition(".")[0])
+            return str(unknown_key(key, keys)) if keys else f"{key} is not a config key"
         value = getattr(cause, "__dict__", {}).get("value", None)
         for kind, want in (("Integer", "an integer (write 100000, not 1e5 or 1.5)"), ("Float", "a number"),
                            ("Boolean", "true or false")):
@@ -162,23 +163,6 @@ def hydra_error_line(e: BaseException) -> str:
         return f"{key}: {msg}" + (f" ({head})" if head and key not in head else "")
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     return " ".join(ln for ln in lines if not ln.startswith(("full_key:", "object_type", "Set the environment")))
-
-
-def _suggest(key: str) -> str:
-    from rl_trust.config import ALGO_SCHEMAS, Config, _check_node  # noqa: F401
-
-    parent, _, leaf = key.rpartition(".")
-    node = OmegaConf.structured(Config)
-    try:
-        keys = list(OmegaConf.select(node, parent).keys()) if parent else list(node.keys())
-    except Exception:
-        return ""
-    if parent == "algo":
-        keys = sorted({f for schema in ALGO_SCHEMAS.values() for f in schema.__dataclass_fields__})
-    close = difflib.get_close_matches(leaf, keys, n=1)
-    where = f"the keys of {parent}" if parent else "the top-level keys"
-    return (f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else "") + \
-        f": {where} are {', '.join(sorted(keys))}"
 
 
 def _check_argv(argv: list[str]) -> tuple[list[str], str | None]:
