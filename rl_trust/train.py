@@ -119,9 +119,9 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None 
             RewardScaler(num_envs, cfg.gamma, enabled=cfg.env.normalize_reward, clip=cfg.env.reward_clip),
             rollout.steps_per_env, seed=cfg.seed)
         policy_hint, critic_hint = _hints(cfg)
-        guards = {"policy": Guard("policy", [actor, updater], actor.parameters, policy_hint, cfg.max_nonfinite_updates),
+        guards = {"policy": Guard("policy", [actor, updater], policy_hint, cfg.max_nonfinite_updates),
                   # explained variance is of the values before the update (NaN for constant returns)
-                  "critic": Guard("critic", [critic], critic.net.parameters, critic_hint, cfg.max_nonfinite_updates,
+                  "critic": Guard("critic", [critic], critic_hint, cfg.max_nonfinite_updates,
                                   unchecked=("losses/explained_variance",))}
         stack.enter_context(checkpoint.lock(out_dir))  # one process per run directory
         checkpointer = checkpoint.Checkpointer(out_dir, cfg.checkpoint.every_steps, cfg.checkpoint.keep)

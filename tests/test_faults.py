@@ -1,5 +1,6 @@
 """Faults during a run: dead, failing and silent workers, non-finite updates, kill -9 of the learner."""
 
+import copy
 import json
 import os
 import signal
@@ -202,3 +203,22 @@ def test_a_refused_command_keeps_the_users_own_files(tmp_path):
     assert proc.returncode == 2 and "total_steps=0" in proc.stderr
     assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == [".hydra", ".hydra/my.yaml",
                                                                             "important.log"]
+
+
+def test_guard_undoes_an_update_that_leaves_optimizer_state_non_finite():
+    """Finite parameters with an overflowed Adam moment would freeze those weights: undone as well."""
+    from rl_trust.guard import Guard
+
+    param = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([param], lr=0.1)
+    param.grad = torch.ones(3)
+    opt.step()
+    guard = Guard("policy", [opt], "a hint", patience=2)
+    guard.begin()
+    before = copy.deepcopy(opt.state_dict())
+    opt.state[param]["exp_avg_sq"].fill_(float("inf"))
+    metrics = guard.end({"losses/policy": 0.5}, step=1)
+    assert metrics["guard/policy_rejected"] == 1.0
+    assert checkpoint.differences(opt.state_dict(), before) == []
+    guard.begin()
+    assert guard.end({"losses/policy": 0.4}, step=2)["guard/policy_rejected"] == 1.0 and guard.streak == 0
