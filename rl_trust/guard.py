@@ -27,7 +27,7 @@ class Guard:
         self._saved: list[dict] | None = None
 
     def begin(self) -> None:
-        self._saved = copy.deepcopy([o.state_dict() for o in self.owners])
+        self._saved = [_copy(o.state_dict()) for o in self.owners]
 
     def end(self, metrics: dict[str, float] | None, step: int) -> dict[str, float]:
         """``metrics``: the update's, or None when it raised ``FloatingPointError``. Returns them with the
@@ -58,16 +58,41 @@ class Guard:
         self.streak, self.total = int(state["streak"]), int(state["total"])
 
 
-def _finite(state) -> bool:
-    """Every floating-point number in a (nested) state dict is finite."""
+def _copy(state):
+    """A copy of a (nested) state dict that no later update can change: its tensors and arrays cloned
+    (``copy.deepcopy`` does the same at several times the cost, on every iteration)."""
     if isinstance(state, torch.Tensor):
-        return not state.is_floating_point() or bool(torch.isfinite(state).all())
+        return state.clone()
     if isinstance(state, np.ndarray):
-        return state.dtype.kind != "f" or bool(np.isfinite(state).all())
-    if isinstance(state, float):
-        return math.isfinite(state)
+        return state.copy()
     if isinstance(state, dict):
-        return all(_finite(v) for v in state.values())
+        return {k: _copy(v) for k, v in state.items()}
     if isinstance(state, (list, tuple)):
-        return all(_finite(v) for v in state)
-    return True
+        return type(state)(_copy(v) for v in state)
+    return copy.copy(state)
+
+
+def _finite(state) -> bool:
+    """Every floating-point number in a (nested) state dict is finite: one check per device."""
+    tensors: dict[torch.device, list[torch.Tensor]] = {}
+    numbers: list[float] = []
+    _gather(state, tensors, numbers)
+    return all(math.isfinite(x) for x in numbers) and all(
+        bool(torch.isfinite(torch.cat([t.reshape(-1) for t in ts])).all()) for ts in tensors.values())
+
+
+def _gather(state, tensors: dict, numbers: list) -> None:
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point():
+            tensors.setdefault(state.device, []).append(state.float())
+    elif isinstance(state, np.ndarray):
+        if state.dtype.kind == "f":
+            tensors.setdefault(torch.device("cpu"), []).append(torch.from_numpy(state).float())
+    elif isinstance(state, float):
+        numbers.append(state)
+    elif isinstance(state, dict):
+        for v in state.values():
+            _gather(v, tensors, numbers)
+    elif isinstance(state, (list, tuple)):
+        for v in state:
+            _gather(v, tensors, numbers)
