@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 from tqdm import tqdm
 
 
@@ -91,6 +92,15 @@ class Logger:
             print(f"step {step}/{self.total_steps} ({100 * step / self.total_steps:.0f}%)  sps {sps:.0f}  "
                   f"return {recent:.1f}", flush=True)
         self.step = step
+
+    def hparams(self, hyperparameters: dict, metrics: dict[str, float], step: int) -> None:
+        """The run's hyperparameters and final ``metrics`` for TensorBoard's HParams dashboard, in this
+        run's own event stream (``SummaryWriter.add_hparams`` would open a sub-directory); the metrics are
+        also scalars at ``step``."""
+        for summary in hparams(hyperparameters, metrics):
+            self.writer.file_writer.add_summary(summary, step)
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, step)
 
     def close(self) -> None:
         if self.bar is not None:

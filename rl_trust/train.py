@@ -32,6 +32,33 @@ from rl_trust.workers import make_envs, resolve_env_groups, resolve_learner_envs
 
 # metrics.json keys that measure wall-clock time: the only ones a resumed run does not reproduce exactly.
 WALL_CLOCK_KEYS = ("train/time_s", "train/sps")
+# The results each run shows in TensorBoard's HParams dashboard, beside hyperparameters().
+HPARAM_METRICS = ("eval/mean_return", "eval/std_return", "train/recent_return")
+# Settings that do not change what a run computes: left out of the HParams dashboard.
+_NOT_HYPERPARAMETERS = ("progress", "device", "torch_threads", "checkpoint", "resume", "tuned", "rollout.workers",
+                        "rollout.learner_envs", "rollout.overlap_critic", "rollout.worker_timeout_s",
+                        "max_nonfinite_updates", "eval_episodes")
+
+
+def hyperparameters(cfg: DictConfig) -> dict[str, float | int | str | bool]:
+    """The run's settings as flat ``section.key`` scalars for TensorBoard's HParams dashboard (lists and
+    mappings as text, None as "null")."""
+    out: dict[str, float | int | str | bool] = {}
+
+    def walk(node, prefix: str) -> None:
+        for key, value in node.items():
+            full = f"{prefix}{key}"
+            if full in _NOT_HYPERPARAMETERS:
+                continue
+            if isinstance(value, dict) and full not in ("env.kwargs", "critic.optim", "critic.optim_kwargs"):
+                walk(value, f"{full}.")
+            elif isinstance(value, (bool, int, float, str)):
+                out[full] = value
+            else:
+                out[full] = json.dumps(value) if value is not None else "null"
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,7 +127,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None 
     workers = resolve_workers(rollout.workers, num_envs)
     groups = resolve_env_groups(rollout.env_groups, num_envs)
     learner_envs = resolve_learner_envs(rollout.learner_envs, num_envs, workers, groups, rollout.overlap_critic)
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as outer, contextlib.ExitStack() as stack:  # outer: the logger, open to the end
         # numpy only does small products here (the per-step policy, the critic's minibatches), where a
         # second BLAS thread costs more than it gives and spins on the cores the workers step envs on.
         stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
@@ -123,7 +150,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None 
                   # explained variance is of the values before the update (NaN for constant returns)
                   "critic": Guard("critic", [critic], critic_hint, cfg.max_nonfinite_updates,
                                   unchecked=("losses/explained_variance",))}
-        stack.enter_context(checkpoint.lock(out_dir))  # one process per run directory
+        outer.enter_context(checkpoint.lock(out_dir))  # one process per run directory, until metrics.json
         checkpointer = checkpoint.Checkpointer(out_dir, cfg.checkpoint.every_steps, cfg.checkpoint.keep)
         global_step = 0
         if resume is not None:
@@ -135,7 +162,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None 
         if total != cfg.total_steps and resume is None:  # said once everything is checked
             note(f"total_steps={cfg.total_steps} is not a multiple of the batch (env.num_envs * "
                  f"rollout.steps_per_env = {steps_per_update}): training {total} steps ({num_updates} updates)")
-        logger = stack.enter_context(Logger(str(out_dir), total, OmegaConf.to_yaml(cfg, resolve=True),
+        logger = outer.enter_context(Logger(str(out_dir), total, OmegaConf.to_yaml(cfg, resolve=True),
                                             progress=cfg.progress, start_step=global_step,
                                             state=None if resume is None else resume["logger"]))
         files = checkpoint.step_files(out_dir)
@@ -200,16 +227,18 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None 
         save(final=True)  # before the evaluation: a failure there loses no training
         train_time = logger.elapsed()  # training only: not the envs' or workers' shutdown
         recent_return = logger.recent_return()
+        stack.close()  # the envs and workers, before the evaluation makes its own
 
-    result = evaluate(actor, collector.obs_norm, cfg.env.id, cfg.eval_episodes, seed=cfg.seed + EVAL_SEED_OFFSET,
-                      env_kwargs=dict(cfg.env.kwargs))
-    result |= {
-        "train/global_step": float(global_step),
-        "train/time_s": train_time,
-        "train/sps": global_step / train_time if train_time > 0 else float("nan"),
-        "train/recent_return": recent_return,
-    }
-    checkpoint.write_bytes(out_dir / "metrics.json", json.dumps(result, indent=2).encode())
+        result = evaluate(actor, collector.obs_norm, cfg.env.id, cfg.eval_episodes,
+                          seed=cfg.seed + EVAL_SEED_OFFSET, env_kwargs=dict(cfg.env.kwargs))
+        result |= {
+            "train/global_step": float(global_step),
+            "train/time_s": train_time,
+            "train/sps": global_step / train_time if train_time > 0 else float("nan"),
+            "train/recent_return": recent_return,
+        }
+        logger.hparams(hyperparameters(cfg), {k: result[k] for k in HPARAM_METRICS}, global_step)
+        checkpoint.write_bytes(out_dir / "metrics.json", json.dumps(result, indent=2).encode())
     return result
 
 

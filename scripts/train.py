@@ -100,6 +100,7 @@ def main(cfg: DictConfig) -> float:
                     print(f"note: skipped {why}; renamed it {bad.with_suffix('.corrupt').name}", file=sys.stderr)
                 print(f"resuming {out_dir} from step {state['global_step']}", flush=True)
                 metrics = run(cfg, out_dir, resume=state)
+            print(summary(metrics, cfg, out_dir), flush=True)
             return metrics["eval/mean_return"]
         if holds_run(out_dir):  # finished, stopped, or in progress in another process: touch nothing
             hint = (f"continue it with resume={shlex.quote(str(out_dir))}" if checkpoint.find(out_dir)
@@ -111,6 +112,7 @@ def main(cfg: DictConfig) -> float:
         with checkpoint.lock(out_dir):  # refused if another process took it meanwhile: then nothing is ours
             fresh = True
             metrics = run(cfg, out_dir)
+        print(summary(metrics, cfg, out_dir), flush=True)
     except (ConfigError, CheckpointError) as e:
         if fresh:
             _remove_run_dir(out_dir)
@@ -128,6 +130,21 @@ def main(cfg: DictConfig) -> float:
         name = "SIGINT" if isinstance(e, KeyboardInterrupt) else str(e)
         _error(f"stopped by {name}{_where(out_dir, '')}", 130 if name == "SIGINT" else 143)
     return metrics["eval/mean_return"]
+
+
+def summary(metrics: dict[str, float], cfg: DictConfig, out_dir: Path) -> str:
+    """What a finished run prints: its result, its cost, where it is, and what to do with it next."""
+    seconds = int(metrics["train/time_s"])
+    where = shlex.quote(str(out_dir))
+    return "\n".join([
+        f"done: {cfg.algo.name} on {cfg.env.id}, seed {cfg.seed}: evaluation return {metrics['eval/mean_return']:.1f}"
+        f" ± {metrics['eval/std_return']:.1f} over {int(metrics['eval/episodes'])} episodes",
+        f"      {int(metrics['train/global_step'])} steps in {seconds // 3600}:{seconds // 60 % 60:02d}:"
+        f"{seconds % 60:02d} ({metrics['train/sps']:.0f} steps/s); run directory {out_dir}",
+        f"next: tensorboard --logdir {where}",
+        f"      python scripts/evaluate.py {where} --episodes 20",
+        f"      python scripts/plot.py {where} --out {shlex.quote(str(out_dir / 'curve.png'))}",
+    ])
 
 
 def _where(out_dir: Path, details: str) -> str:

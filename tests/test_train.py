@@ -240,3 +240,17 @@ def test_total_steps_not_a_multiple_of_the_batch_is_said(tmp_path, capsys):
     metrics = run(make_cfg("env=Pendulum", *tiny("total_steps=150")), tmp_path)
     assert metrics["train/global_step"] == 128
     assert "total_steps=150 is not a multiple of the batch" in capsys.readouterr().err
+
+
+def test_each_run_shows_its_hyperparameters_and_result_in_hparams(tmp_path):
+    from rl_trust.train import hyperparameters
+
+    cfg = make_cfg("env=Pendulum", *tiny("total_steps=128", algo="ppo"))
+    metrics = run(cfg, tmp_path)
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")  # in the run's own directory
+    assert [(e.step, e.value) for e in acc.Scalars("eval/mean_return")] == [(128, pytest.approx(
+        metrics["eval/mean_return"]))]
+    hp = hyperparameters(cfg)
+    assert hp["algo.lr"] == cfg.algo.lr and hp["policy.hidden"] == "[64, 64]" and "progress" not in hp
