@@ -52,8 +52,8 @@ def scalars(run_dir):
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     wall_clock = ("time/sps", "checkpoint/seconds", "checkpoint/megabytes")  # pickle's sizes vary by a few bytes
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]
-            if tag not in wall_clock}
+    return {tag: [(e.step, e.value if e.value == e.value else "nan") for e in acc.Scalars(tag)]  # NaN != NaN
+            for tag in acc.Tags()["scalars"] if tag not in wall_clock}
 
 
 @pytest.mark.parametrize("algo, workers", [("trpo", 0), ("ppo", 0), ("kl_penalty", 0), ("trpo", 1), ("ppo", 1),
