@@ -136,14 +136,21 @@ def summary(metrics: dict[str, float], cfg: DictConfig, out_dir: Path) -> str:
     """What a finished run prints: its result, its cost, where it is, and what to do with it next."""
     seconds = int(metrics["train/time_s"])
     where = shlex.quote(str(out_dir))
+    bin_dir = Path(sys.executable).parent  # the virtual environment's, as the README runs it
+    if bin_dir.is_relative_to(Path.cwd()):
+        bin_dir = bin_dir.relative_to(Path.cwd())
+    python, tensorboard = bin_dir / "python", bin_dir / "tensorboard"
+    scripts = Path(__file__).resolve().parent
+    if scripts.is_relative_to(Path.cwd()):
+        scripts = scripts.relative_to(Path.cwd())
     return "\n".join([
         f"done: {cfg.algo.name} on {cfg.env.id}, seed {cfg.seed}: evaluation return {metrics['eval/mean_return']:.1f}"
         f" ± {metrics['eval/std_return']:.1f} over {int(metrics['eval/episodes'])} episodes",
         f"      {int(metrics['train/global_step'])} steps in {seconds // 3600}:{seconds // 60 % 60:02d}:"
         f"{seconds % 60:02d} ({metrics['train/sps']:.0f} steps/s); run directory {out_dir}",
-        f"next: tensorboard --logdir {where}",
-        f"      python scripts/evaluate.py {where} --episodes 20",
-        f"      python scripts/plot.py {where} --out {shlex.quote(str(out_dir / 'curve.png'))}",
+        f"next: {tensorboard} --logdir {where}",
+        f"      {python} {scripts / 'evaluate.py'} {where} --episodes 20",
+        f"      {python} {scripts / 'plot.py'} {where} --out {shlex.quote(str(out_dir / 'curve.png'))}",
     ])
 
 
