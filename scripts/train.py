@@ -178,6 +178,11 @@ def hydra_error_line(e: BaseException) -> str:
         if "not in struct" in msg or "not in 'Config'" in msg or "Key '" in msg and "not" in msg:
             keys = schema_keys(key.rpartition(".")[0])
             return str(unknown_key(key, keys)) if keys else f"{key} is not a config key"
+        section = schema_keys(key) if "Invalid type assigned" in msg else None
+        if section:
+            hint = " (checkpoint.every_steps=0 keeps only the final checkpoint)" if key == "checkpoint" else ""
+            return (f"{key} is a section, not a value: set its keys ({', '.join(section)}), e.g. "
+                    f"{key}.{section[0]}=...{hint}")
         value = getattr(cause, "__dict__", {}).get("value", None)
         for kind, want in (("Integer", "an integer (write 100000, not 1e5 or 1.5)"), ("Float", "a number"),
                            ("Boolean", "true or false")):
@@ -189,7 +194,7 @@ def hydra_error_line(e: BaseException) -> str:
     return " ".join(ln for ln in lines if not ln.startswith(("full_key:", "object_type", "Set the environment")))
 
 
-def _check_argv(argv: list[str]) -> tuple[list[str], str | None]:
+def _check_argv(argv: list[str]) -> list[str]:
     """The command line's own mistakes, before Hydra (whose argparse prints a usage page, and which would
     create the run directory first); returns the arguments with a resume's directory and run directory
     set. Raises ConfigError."""
@@ -202,7 +207,7 @@ def _check_argv(argv: list[str]) -> tuple[list[str], str | None]:
     args = parser.parse_args(argv)
     seen = {item.split("=", 1)[0].lstrip("+~"): item for item in args.overrides}  # the last wins, as in Hydra
     if "resume" not in seen or seen["resume"] in ("resume=null", "resume=None"):
-        return argv, None
+        return argv
     value = seen["resume"].split("=", 1)[1].strip()
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
         value = value[1:-1]
@@ -217,13 +222,13 @@ def _check_argv(argv: list[str]) -> tuple[list[str], str | None]:
     # the run's directory, quoted for Hydra (commas and = in a multirun's folder names); .hydra/ keeps the
     # original command
     ours = [f"resume='{path}'", f"hydra.run.dir='{path}'", "hydra.output_subdir=null"]
-    return ours + [a for a in argv if not a.startswith("resume=")], value
+    return ours + [a for a in argv if not a.startswith("resume=")]
 
 
 def cli(argv: list[str]) -> int:
     """Run ``main`` on ``argv``, Hydra's own errors reduced to one line; returns the exit code."""
     try:
-        argv, _ = _check_argv(argv)
+        argv = _check_argv(argv)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
