@@ -136,6 +136,17 @@ class CheckpointConfig:
 
 
 @dataclass
+class VideoConfig:
+    # Environment steps between recordings of the deterministic policy (at iteration boundaries, and once
+    # more at the end); 0: none. Each is an mp4 under videos/ and a clip in TensorBoard (pip install -e .[video]).
+    every_steps: int = 0
+    length: int = 500  # at most this many env steps per recorded episode
+    width: int = 320
+    height: int = 240
+    tensorboard: bool = True  # also write each clip to TensorBoard (an animated image)
+
+
+@dataclass
 class TunedConfig:
     """Set by the file configs/tuned/<algo>_<env group>.yaml that applied, if any."""
 
@@ -158,6 +169,7 @@ class Config:
     torch_threads: int = 1
     eval_episodes: int = 10
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     # Consecutive policy or critic updates with a non-finite result (each undone) before the run stops.
     max_nonfinite_updates: int = 10
     progress: bool = True
@@ -169,7 +181,7 @@ class Config:
 ALGO_SCHEMAS: dict[str, type] = {"ppo": PPOConfig, "trpo": TRPOConfig, "kl_penalty": KLPenaltyConfig}
 # dataclasses.fields gives the annotations as strings (from __future__ import annotations)
 _DATACLASSES: dict[str, type] = {cls.__name__: cls for cls in (
-    EnvConfig, RolloutConfig, PolicyConfig, CriticConfig, CheckpointConfig, TunedConfig)}
+    EnvConfig, RolloutConfig, PolicyConfig, CriticConfig, CheckpointConfig, VideoConfig, TunedConfig)}
 
 
 def typed(container: dict) -> DictConfig:
@@ -331,6 +343,14 @@ def validate(cfg: DictConfig) -> None:
     _require(isinstance(cfg.checkpoint.every_steps, int), "checkpoint.every_steps", cfg.checkpoint.every_steps,
              "must be a whole number of environment steps (0: only the final checkpoint)")
     positive(cfg, "checkpoint.keep")
+    positive(cfg, "video.every_steps", allow_zero=True)
+    _require(isinstance(cfg.video.every_steps, int), "video.every_steps", cfg.video.every_steps,
+             "must be a whole number of environment steps (0: no videos)")
+    positive(cfg, "video.length")
+    for key in ("video.width", "video.height"):
+        value = OmegaConf.select(cfg, key)
+        _require(isinstance(value, int) and 16 <= value <= 4096 and value % 2 == 0, key, value,
+                 "must be an even number of pixels in [16, 4096] (H.264 needs even sizes)")
     positive(cfg, "rollout.worker_timeout_s")
     positive(cfg, "max_nonfinite_updates")
     log_std = cfg.policy.log_std_init

@@ -19,3 +19,7 @@ class WorkerError(RuntimeError):
 
 class DivergedError(FloatingPointError):
     """Updates kept producing non-finite values; the message names the likely cause."""
+
+
+class RenderError(RuntimeError):
+    """Frames cannot be rendered or a video cannot be written here; the message says what to install or set."""

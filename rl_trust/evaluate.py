@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 from omegaconf import OmegaConf
@@ -18,32 +20,69 @@ from rl_trust.policies import Actor
 
 
 @torch.no_grad()
-def evaluate(actor: Actor, obs_norm: ObsNormalizer, env_id: str, episodes: int, *, seed: int = 0,
-             env_kwargs: dict | None = None, deterministic: bool = True) -> dict[str, float]:
-    """Run one episode in each of ``episodes`` parallel envs (no selection bias towards short episodes)."""
+def act(actor: Actor, norm: ObsNormalizer, obs: np.ndarray, space: gym.Space, *,
+        deterministic: bool = True) -> np.ndarray:
+    """The env's action for the raw observations ``obs`` [B, obs_dim]: normalised by ``norm`` (as it is; the
+    callers freeze it), the mean or argmax (or a sample) of the actor's distribution, clipped to ``space``
+    for Box actions. What evaluation, videos and :mod:`rl_trust.export`'s standalone policy compute."""
+    params = actor(torch.from_numpy(norm.normalize(obs)))
+    action = (actor.dist.mode(params) if deterministic else actor.dist.sample(params)).numpy()
+    return np.clip(action, space.low, space.high) if actor.continuous else action
+
+
+def frozen(obs_norm: ObsNormalizer) -> ObsNormalizer:
+    """A copy of ``obs_norm`` that no longer updates: evaluation must not move the run's statistics."""
     norm = copy.deepcopy(obs_norm)
     norm.frozen = True
-    envs = make_vec_env(env_id, episodes, seed=seed, **(env_kwargs or {}))
+    return norm
+
+
+@torch.no_grad()
+def episode_returns(actor: Actor, obs_norm: ObsNormalizer, env_id: str, episodes: int, *, seed: int = 0,
+                    env_kwargs: dict | None = None, deterministic: bool = True, max_steps: int | None = None,
+                    frames: Callable[[int, np.ndarray], None] | None = None, record: int = 0,
+                    render_kwargs: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The return and length of one episode in each of ``episodes`` parallel envs (env ``i`` reset with
+    ``seed + i``; no selection bias towards short episodes), each cut at ``max_steps`` if given.
+
+    ``frames(i, frame)`` receives, for each of the first ``record`` envs, the rendered frame of every state
+    the policy acts in (the envs made with ``render_kwargs``): the videos of these very episodes.
+    """
+    norm = frozen(obs_norm)
+    kwargs = dict(env_kwargs or {}) | (render_kwargs or {})
+    envs = make_vec_env(env_id, episodes, seed=seed, **kwargs)
     try:
-        space = envs.single_action_space
-        low, high = (space.low, space.high) if actor.continuous else (None, None)
         obs, _ = envs.reset(seed=seed)
         returns = np.zeros(episodes)
         lengths = np.zeros(episodes, np.int64)
         running = np.ones(episodes, bool)
         while running.any():
-            params = actor(torch.from_numpy(norm.normalize(obs)))
-            action = (actor.dist.mode(params) if deterministic else actor.dist.sample(params)).numpy()
-            if actor.continuous:
-                action = np.clip(action, low, high)
+            for i in range(record):
+                if running[i]:
+                    frames(i, envs.envs[i].render())
+            action = act(actor, norm, obs, envs.single_action_space, deterministic=deterministic)
             obs, reward, terminated, truncated, _ = envs.step(action)
             returns += reward * running
             lengths += running
             running &= ~(terminated | truncated)
+            if max_steps is not None:
+                running &= lengths < max_steps
     finally:
         envs.close()
+    return returns, lengths
+
+
+def evaluate(actor: Actor, obs_norm: ObsNormalizer, env_id: str, episodes: int, *, seed: int = 0,
+             env_kwargs: dict | None = None, deterministic: bool = True) -> dict[str, float]:
+    """Mean and spread of :func:`episode_returns`, with the observation normaliser frozen."""
+    return summary(*episode_returns(actor, obs_norm, env_id, episodes, seed=seed, env_kwargs=env_kwargs,
+                                    deterministic=deterministic))
+
+
+def summary(returns: np.ndarray, lengths: np.ndarray) -> dict[str, float]:
+    """The evaluation metrics of episodes with these returns and lengths."""
     return {"eval/mean_return": float(returns.mean()), "eval/std_return": float(returns.std()),
-            "eval/mean_length": float(lengths.mean()), "eval/episodes": float(episodes)}
+            "eval/mean_length": float(lengths.mean()), "eval/episodes": float(len(returns))}
 
 
 def load_policy(path: str | Path) -> tuple[Actor, ObsNormalizer, dict]:

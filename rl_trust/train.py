@@ -28,6 +28,7 @@ from rl_trust.normalization import ObsNormalizer, RewardScaler
 from rl_trust.policies import Actor
 from rl_trust.rollout import Collector, EpisodeStats
 from rl_trust.updaters import make_updater
+from rl_trust.video import TrainingVideos
 from rl_trust.workers import make_envs, resolve_env_groups, resolve_learner_envs, resolve_workers
 
 # metrics.json keys that measure wall-clock time: the only ones a resumed run does not reproduce exactly.
@@ -35,8 +36,8 @@ WALL_CLOCK_KEYS = ("train/time_s", "train/sps")
 # The results each run shows in TensorBoard's HParams dashboard, beside hyperparameters().
 HPARAM_METRICS = ("eval/mean_return", "eval/std_return", "train/recent_return")
 # Settings that do not change what a run computes: left out of the HParams dashboard.
-_NOT_HYPERPARAMETERS = ("progress", "device", "torch_threads", "checkpoint", "resume", "tuned", "rollout.workers",
-                        "rollout.learner_envs", "rollout.overlap_critic", "rollout.worker_timeout_s",
+_NOT_HYPERPARAMETERS = ("progress", "device", "torch_threads", "checkpoint", "video", "resume", "tuned",
+                        "rollout.workers", "rollout.learner_envs", "rollout.overlap_critic", "rollout.worker_timeout_s",
                         "max_nonfinite_updates", "eval_episodes")
 
 
@@ -165,6 +166,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None 
         logger = outer.enter_context(Logger(str(out_dir), total, OmegaConf.to_yaml(cfg, resolve=True),
                                             progress=cfg.progress, start_step=global_step,
                                             state=None if resume is None else resume["logger"]))
+        videos = TrainingVideos(cfg, out_dir, cfg.seed + EVAL_SEED_OFFSET, note)
         files = checkpoint.step_files(out_dir)
         saved = {"path": files[-1][1] if resume is not None and files else None, "warned": False}
 
@@ -221,11 +223,14 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None 
                     job = None
                 if due:
                     save()
+                if videos.due(previous_step, global_step) and global_step < total:
+                    logger.log(videos(actor, collector.obs_norm, global_step, logger.writer), global_step)
         except DivergedError as e:
             last = f"the last good checkpoint is {saved['path']}" if saved["path"] else "no checkpoint was taken yet"
             raise DivergedError(f"{e}; {last}") from None
         save(final=True)  # before the evaluation: a failure there loses no training
-        train_time = logger.elapsed()  # training only: not the envs' or workers' shutdown
+        train_time = logger.elapsed()  # training only: not the envs' or workers' shutdown (nor the last video)
+        logger.log(videos(actor, collector.obs_norm, global_step, logger.writer), global_step)
         recent_return = logger.recent_return()
         stack.close()  # the envs and workers, before the evaluation makes its own
 

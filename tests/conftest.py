@@ -39,3 +39,13 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.fixture
 def cfg_factory():
     return make_cfg
+
+
+@pytest.fixture(scope="session")
+def video_run(tmp_path_factory):
+    """A finished tiny Pendulum run that recorded videos (every 64 steps, 20-step episodes): its directory."""
+    from rl_trust.train import run
+
+    out = tmp_path_factory.mktemp("video_run") / "run"
+    run(make_cfg("env=Pendulum", *tiny("total_steps=192", "video.every_steps=64", "video.length=20")), out)
+    return out
