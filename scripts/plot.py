@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    if args.profile is not None and not any(len(v) for v in finals.values()):
+        return _fail("--profile: no run has finished (none has a metrics.json with eval/mean_return)")
     written = [args.out]
     try:
         _save(fig, args.out)
@@ -142,8 +144,6 @@ def main(argv: list[str] | None = None) -> int:
             written.append(_profile(finals, args))
     except (OSError, ValueError) as e:
         return _fail(f"cannot write {args.out}: {e}")
-    except ConfigError as e:
-        return _fail(str(e))
     print("wrote " + ", ".join(map(str, written)))
     return 0
 
@@ -153,8 +153,6 @@ def _profile(finals: dict[str, np.ndarray], args) -> Path:
     from rliable import library, plot_utils
 
     finals = {k: v for k, v in finals.items() if len(v)}
-    if not finals:
-        raise ConfigError("--profile: no run has finished (no metrics.json with eval/mean_return)")
     values = np.concatenate(list(finals.values()))
     taus = np.linspace(values.min(), values.max(), 101)
     with plotting.seeded(args.seed):
