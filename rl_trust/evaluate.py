@@ -37,18 +37,26 @@ def frozen(obs_norm: ObsNormalizer) -> ObsNormalizer:
     return norm
 
 
+Policy = Callable[[np.ndarray, gym.Space], np.ndarray]  # (raw observations [B, ...], action space) -> actions
+
+
+def policy_of(actor: Actor, obs_norm: ObsNormalizer, *, deterministic: bool = True) -> Policy:
+    """:func:`act` of ``actor`` with a frozen copy of ``obs_norm``: the policy evaluations and videos run."""
+    norm = frozen(obs_norm)
+    return lambda obs, space: act(actor, norm, obs, space, deterministic=deterministic)
+
+
 @torch.no_grad()
-def episode_returns(actor: Actor, obs_norm: ObsNormalizer, env_id: str, episodes: int, *, seed: int = 0,
-                    env_kwargs: dict | None = None, deterministic: bool = True, max_steps: int | None = None,
-                    frames: Callable[[int, np.ndarray], None] | None = None, record: int = 0,
-                    render_kwargs: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The return and length of one episode in each of ``episodes`` parallel envs (env ``i`` reset with
-    ``seed + i``; no selection bias towards short episodes), each cut at ``max_steps`` if given.
+def episode_returns(policy: Policy, env_id: str, episodes: int, *, seed: int = 0, env_kwargs: dict | None = None,
+                    max_steps: int | None = None, frames: Callable[[int, np.ndarray], None] | None = None,
+                    record: int = 0, render_kwargs: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The return and length of one episode of ``policy`` (:func:`policy_of`, or an exported file's) in each of
+    ``episodes`` parallel envs (env ``i`` reset with ``seed + i``; no selection bias towards short episodes),
+    each cut at ``max_steps`` if given.
 
     ``frames(i, frame)`` receives, for each of the first ``record`` envs, the rendered frame of every state
     the policy acts in (the envs made with ``render_kwargs``): the videos of these very episodes.
     """
-    norm = frozen(obs_norm)
     kwargs = dict(env_kwargs or {}) | (render_kwargs or {})
     envs = make_vec_env(env_id, episodes, seed=seed, **kwargs)
     try:
@@ -60,7 +68,7 @@ def episode_returns(actor: Actor, obs_norm: ObsNormalizer, env_id: str, episodes
             for i in range(record):
                 if running[i]:
                     frames(i, envs.envs[i].render())
-            action = act(actor, norm, obs, envs.single_action_space, deterministic=deterministic)
+            action = policy(obs, envs.single_action_space)
             obs, reward, terminated, truncated, _ = envs.step(action)
             returns += reward * running
             lengths += running
@@ -75,8 +83,8 @@ def episode_returns(actor: Actor, obs_norm: ObsNormalizer, env_id: str, episodes
 def evaluate(actor: Actor, obs_norm: ObsNormalizer, env_id: str, episodes: int, *, seed: int = 0,
              env_kwargs: dict | None = None, deterministic: bool = True) -> dict[str, float]:
     """Mean and spread of :func:`episode_returns`, with the observation normaliser frozen."""
-    return summary(*episode_returns(actor, obs_norm, env_id, episodes, seed=seed, env_kwargs=env_kwargs,
-                                    deterministic=deterministic))
+    return summary(*episode_returns(policy_of(actor, obs_norm, deterministic=deterministic), env_id, episodes,
+                                    seed=seed, env_kwargs=env_kwargs))
 
 
 def summary(returns: np.ndarray, lengths: np.ndarray) -> dict[str, float]:

@@ -149,15 +149,16 @@ def export(policy: StandalonePolicy, fmt: str, out: str | Path, meta: dict) -> P
 
 
 def load(path: str | Path, fmt: str):
-    """``obs (numpy) -> action (numpy)`` for a file :func:`export` wrote (ONNX through onnxruntime)."""
+    """``obs (numpy) -> action (numpy)`` for a file :func:`export` wrote (ONNX through onnxruntime); also a
+    :data:`rl_trust.evaluate.Policy` (the action space is already in the file)."""
     if fmt == "onnx":
         _need("onnxruntime", why="running an ONNX policy")
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return lambda obs: session.run(["action"], {"obs": obs})[0]
+        return lambda obs, space=None: session.run(["action"], {"obs": obs})[0]
     module = torch.jit.load(str(path)) if fmt == "torchscript" else torch.export.load(str(path)).module()
-    return lambda obs: module(torch.from_numpy(obs)).numpy()
+    return lambda obs, space=None: module(torch.from_numpy(obs)).numpy()
 
 
 def probe_observations(policy: StandalonePolicy, n: int, seed: int = 0) -> np.ndarray:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from rl_trust.errors import RenderError
-from rl_trust.evaluate import episode_returns
+from rl_trust.evaluate import Policy, episode_returns, policy_of
 
 INSTALL = "pip install -e '.[video]'"
 BACKENDS = ("egl", "osmesa")  # headless OpenGL for MuJoCo, in the order tried
@@ -145,9 +145,8 @@ def fps_of(env_id: str, env_kwargs: dict) -> float:
         env.close()
 
 
-def record(actor, obs_norm, env_id: str, paths: list[Path], *, episodes: int, seed: int, env_kwargs: dict,
-           width: int, height: int, max_steps: int | None = None, keep_frames: bool = False,
-           deterministic: bool = True):
+def record(policy: Policy, env_id: str, paths: list[Path], *, episodes: int, seed: int, env_kwargs: dict,
+           width: int, height: int, max_steps: int | None = None, keep_frames: bool = False):
     """Run :func:`episode_returns` over ``episodes`` envs, writing the first ``len(paths)`` episodes as mp4s.
 
     Returns (returns, lengths, frames): frames of the recorded episodes ([T, H, W, 3] uint8 each) when
@@ -168,9 +167,8 @@ def record(actor, obs_norm, env_id: str, paths: list[Path], *, episodes: int, se
         for path in paths:
             path.parent.mkdir(parents=True, exist_ok=True)
             writers.append(Mp4(path, fps))
-        returns, lengths = episode_returns(actor, obs_norm, env_id, episodes, seed=seed, env_kwargs=env_kwargs,
-                                           deterministic=deterministic, max_steps=max_steps, frames=frame,
-                                           record=len(paths),
+        returns, lengths = episode_returns(policy, env_id, episodes, seed=seed, env_kwargs=env_kwargs,
+                                           max_steps=max_steps, frames=frame, record=len(paths),
                                            render_kwargs=render_kwargs(env_id, width, height))
     except Exception as e:
         for w in writers:
@@ -223,8 +221,8 @@ class TrainingVideos:
         start = time.perf_counter()
         try:
             returns, lengths, frames = record(
-                actor, obs_norm, self.env_id, [self.dir / f"step_{step:012d}.mp4"], episodes=1, seed=self.seed,
-                env_kwargs=self.env_kwargs, width=self.cfg.width, height=self.cfg.height,
+                policy_of(actor, obs_norm), self.env_id, [self.dir / f"step_{step:012d}.mp4"], episodes=1,
+                seed=self.seed, env_kwargs=self.env_kwargs, width=self.cfg.width, height=self.cfg.height,
                 max_steps=self.cfg.length, keep_frames=self.clips)
         except RenderError as e:
             self.off(e)

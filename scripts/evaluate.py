@@ -12,10 +12,10 @@ import json
 import sys
 from pathlib import Path
 
-from rl_trust.cli import Parser
+from rl_trust.cli import Parser, one_torch_thread
 from rl_trust.config import MAX_SEED
 from rl_trust.errors import CheckpointError, ConfigError, RenderError
-from rl_trust.evaluate import evaluate, load_policy, summary
+from rl_trust.evaluate import evaluate, load_policy, policy_of, summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=480, help="video width in pixels, MuJoCo envs (default 480)")
     parser.add_argument("--height", type=int, default=480, help="video height in pixels, MuJoCo envs (default 480)")
     args = parser.parse_args(argv)
+    one_torch_thread()
     if args.episodes < 1:
         parser.error(f"--episodes={args.episodes} must be >= 1")
     if not 0 <= args.seed <= MAX_SEED:
@@ -62,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             video.check_writer()
             video.select_backend(env_id, env_kwargs, args.width, args.height)
             args.video.mkdir(parents=True, exist_ok=True)
-            returns, lengths, _ = video.record(actor, obs_norm, env_id, paths, episodes=args.episodes,
-                                               seed=args.seed, env_kwargs=env_kwargs, width=args.width,
-                                               height=args.height, deterministic=not args.stochastic)
+            returns, lengths, _ = video.record(policy_of(actor, obs_norm, deterministic=not args.stochastic), env_id,
+                                               paths, episodes=args.episodes, seed=args.seed, env_kwargs=env_kwargs,
+                                               width=args.width, height=args.height)
         except (RenderError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -17,7 +17,10 @@ import json
 import sys
 from pathlib import Path
 
-from rl_trust.cli import Parser
+import numpy as np
+
+from rl_trust.cli import Parser, one_torch_thread
+from rl_trust.config import MAX_SEED
 from rl_trust.errors import CheckpointError, ConfigError
 
 
@@ -28,11 +31,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="the file to write")
     parser.add_argument("--check", type=int, default=4096, help="observations to compare on (default 4096; 0: none)")
     parser.add_argument("--atol", type=float, default=1e-5, help="largest allowed action difference (default 1e-5)")
+    parser.add_argument("--episodes", type=int, default=0,
+                        help="also run this many episodes with the file and with rl_trust's policy (default 0)")
+    parser.add_argument("--seed", type=int, default=12345, help="env seed of the first of --episodes")
     args = parser.parse_args(argv)
+    one_torch_thread()
     if args.check < 0:
         parser.error(f"--check={args.check} must be >= 0")
     if not args.atol > 0:
         parser.error(f"--atol={args.atol} must be > 0")
+    if args.episodes < 0:
+        parser.error(f"--episodes={args.episodes} must be >= 0")
+    if not 0 <= args.seed <= MAX_SEED:
+        parser.error(f"--seed={args.seed} must lie in [0, {MAX_SEED}]")
     if args.out.is_dir():
         parser.error(f"--out {args.out} is a directory: give a file name")
     if not args.out.parent.is_dir():
@@ -63,6 +74,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: the exported policy differs from rl_trust's by {diff:.3g} > --atol={args.atol:g} "
                   f"on {args.check} observations; {path} removed", file=sys.stderr)
             return 1
+    if args.episodes:
+        from rl_trust.evaluate import episode_returns, policy_of
+
+        env = {"env_id": meta["env_id"], "episodes": args.episodes, "seed": args.seed, "env_kwargs": meta["env_kwargs"]}
+        ours, _ = episode_returns(policy_of(actor, obs_norm), **env)
+        theirs, _ = episode_returns(export.load(path, args.format), **env)
+        report["episodes"] = {"seeds": list(range(args.seed, args.seed + args.episodes)),
+                              "rl_trust_returns": ours.tolist(), "file_returns": theirs.tolist(),
+                              "rl_trust_mean": float(ours.mean()), "file_mean": float(theirs.mean()),
+                              "max_abs_diff": float(np.abs(ours - theirs).max())}
     print(json.dumps(report, indent=2))
     return 0
 

@@ -136,6 +136,7 @@ def summary(metrics: dict[str, float], cfg: DictConfig, out_dir: Path) -> str:
     """What a finished run prints: its result, its cost, where it is, and what to do with it next."""
     seconds = int(metrics["train/time_s"])
     where = shlex.quote(str(out_dir))
+    inside = lambda name: shlex.quote(str(out_dir / name))  # noqa: E731 - a file in the run directory
     bin_dir = Path(sys.executable).parent  # the virtual environment's, as the README runs it
     if bin_dir.is_relative_to(Path.cwd()):
         bin_dir = bin_dir.relative_to(Path.cwd())
@@ -149,8 +150,9 @@ def summary(metrics: dict[str, float], cfg: DictConfig, out_dir: Path) -> str:
         f"      {int(metrics['train/global_step'])} steps in {seconds // 3600}:{seconds // 60 % 60:02d}:"
         f"{seconds % 60:02d} ({metrics['train/sps']:.0f} steps/s); run directory {out_dir}",
         f"next: {tensorboard} --logdir {where}",
-        f"      {python} {scripts / 'evaluate.py'} {where} --episodes 20",
-        f"      {python} {scripts / 'plot.py'} {where} --out {shlex.quote(str(out_dir / 'curve.png'))}",
+        f"      {python} {scripts / 'evaluate.py'} {where} --episodes 20 [--video {inside('eval_videos')}]",
+        f"      {python} {scripts / 'export.py'} {where} --format onnx --out {inside('policy.onnx')}",
+        f"      {python} {scripts / 'plot.py'} {where} --out {inside('curve.png')}",
     ])
 
 

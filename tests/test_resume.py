@@ -135,6 +135,7 @@ def test_cli_resume_extends_a_finished_run_and_refuses_a_reused_directory(tmp_pa
     assert first.returncode == 0, first.stderr
     assert "done: trpo on Pendulum-v1, seed 0: evaluation return" in first.stdout  # the closing summary
     assert f"tensorboard --logdir {run_dir}" in first.stdout and "scripts/evaluate.py" in first.stdout
+    assert f"scripts/export.py {run_dir} --format onnx" in first.stdout and "scripts/plot.py" in first.stdout
     hydra_config = (run_dir / ".hydra" / "config.yaml").read_text()
     again = run_cli(*common, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert again.returncode == 2 and "already holds a run" in again.stderr and "resume=" in again.stderr

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from rl_trust import video
 from rl_trust.errors import RenderError
-from rl_trust.evaluate import episode_returns, load_policy
+from rl_trust.evaluate import episode_returns, load_policy, policy_of
 from rl_trust.train import run
 
 
@@ -28,9 +28,9 @@ def frames_of(path):
 def test_recorded_episodes_are_the_evaluation_episodes(video_run, tmp_path):
     actor, obs_norm, state = load_policy(video_run)
     paths = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
-    returns, lengths, frames = video.record(actor, obs_norm, "Pendulum-v1", paths, episodes=3, seed=7, env_kwargs={},
-                                            width=64, height=64, keep_frames=True)
-    plain, plain_lengths = episode_returns(actor, obs_norm, "Pendulum-v1", 3, seed=7)
+    returns, lengths, frames = video.record(policy_of(actor, obs_norm), "Pendulum-v1", paths, episodes=3, seed=7,
+                                            env_kwargs={}, width=64, height=64, keep_frames=True)
+    plain, plain_lengths = episode_returns(policy_of(actor, obs_norm), "Pendulum-v1", 3, seed=7)
     np.testing.assert_array_equal(returns, plain)  # rendering changes nothing the policy sees
     np.testing.assert_array_equal(lengths, plain_lengths)
     for path, kept in zip(paths, frames, strict=True):
