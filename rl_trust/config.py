@@ -22,6 +22,9 @@ from rl_trust.workers import resolve_workers
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_SEED_OFFSET = 10_000  # the final evaluation's envs are seeded seed + this
 MAX_SEED = 2**32 - 1 - EVAL_SEED_OFFSET
+# What scripts/train.py can return to a sweeper (optimized_metric): the keys of a finished run's metrics.json.
+RESULT_KEYS = ("eval/mean_return", "eval/std_return", "eval/mean_length", "train/recent_return", "train/sps",
+               "train/time_s")
 
 
 @dataclass
@@ -176,6 +179,8 @@ class Config:
     tuned: TunedConfig = field(default_factory=TunedConfig)
     # A run directory to continue from its newest checkpoint (scripts/train.py resume=RUN_DIR).
     resume: str | None = None
+    # What scripts/train.py returns to a sweeper (Optuna optimises it): a key of the run's metrics.json.
+    optimized_metric: str = "eval/mean_return"
 
 
 ALGO_SCHEMAS: dict[str, type] = {"ppo": PPOConfig, "trpo": TRPOConfig, "kl_penalty": KLPenaltyConfig}
@@ -353,6 +358,8 @@ def validate(cfg: DictConfig) -> None:
                  "must be an even number of pixels in [16, 4096] (H.264 needs even sizes)")
     positive(cfg, "rollout.worker_timeout_s")
     positive(cfg, "max_nonfinite_updates")
+    _require(cfg.optimized_metric in RESULT_KEYS, "optimized_metric", cfg.optimized_metric,
+             f"allowed: {', '.join(RESULT_KEYS)}")
     log_std = cfg.policy.log_std_init
     _require(isinstance(log_std, (int, float)) and math.isfinite(log_std), "policy.log_std_init", log_std,
              "must be a finite number")

@@ -37,8 +37,8 @@ WALL_CLOCK_KEYS = ("train/time_s", "train/sps")
 HPARAM_METRICS = ("eval/mean_return", "eval/std_return", "train/recent_return")
 # Settings that do not change what a run computes: left out of the HParams dashboard.
 _NOT_HYPERPARAMETERS = ("progress", "device", "torch_threads", "checkpoint", "video", "resume", "tuned",
-                        "rollout.workers", "rollout.learner_envs", "rollout.overlap_critic", "rollout.worker_timeout_s",
-                        "max_nonfinite_updates", "eval_episodes")
+                        "optimized_metric", "rollout.workers", "rollout.learner_envs", "rollout.overlap_critic",
+                        "rollout.worker_timeout_s", "max_nonfinite_updates", "eval_episodes")
 
 
 def hyperparameters(cfg: DictConfig) -> dict[str, float | int | str | bool]:

@@ -42,9 +42,14 @@ def is_mujoco(env_id: str) -> bool:
     return "mujoco" in entry
 
 
-def render_kwargs(env_id: str, width: int, height: int) -> dict:
-    """``gym.make`` arguments for RGB frames; MuJoCo envs take their size (others render at their own)."""
-    return {"render_mode": "rgb_array"} | ({"width": width, "height": height} if is_mujoco(env_id) else {})
+def render_kwargs(env_id: str, width: int, height: int, env_kwargs: dict | None = None) -> dict:
+    """``gym.make`` arguments for RGB frames; MuJoCo envs take their size (others render at their own) and
+    film through the model's ``track`` camera, which follows the body, unless ``env_kwargs`` choose one
+    (gymnasium 1.4 otherwise renders from a free camera that stays where the episode started)."""
+    if not is_mujoco(env_id):
+        return {"render_mode": "rgb_array"}
+    chosen = {"camera_name", "camera_id"} & set(env_kwargs or {})
+    return {"render_mode": "rgb_array", "width": width, "height": height} | ({} if chosen else {"camera_name": "track"})
 
 
 def check_writer() -> None:
@@ -79,7 +84,7 @@ def select_backend(env_id: str, env_kwargs: dict, width: int, height: int) -> st
     :data:`BACKENDS` that renders a frame in a child process (a failed OpenGL start can take the process
     with it). Returns the backend (None for envs that need none); raises :class:`RenderError` saying what
     to install when none works."""
-    kwargs = json.dumps(dict(env_kwargs) | render_kwargs(env_id, width, height))
+    kwargs = json.dumps(dict(env_kwargs) | render_kwargs(env_id, width, height, env_kwargs))
     for key in ("SDL_VIDEODRIVER", "SDL_AUDIODRIVER"):  # pygame (classic control) with no screen or sound card
         os.environ.setdefault(key, "dummy")
     mujoco = is_mujoco(env_id)
@@ -169,7 +174,7 @@ def record(policy: Policy, env_id: str, paths: list[Path], *, episodes: int, see
             writers.append(Mp4(path, fps))
         returns, lengths = episode_returns(policy, env_id, episodes, seed=seed, env_kwargs=env_kwargs,
                                            max_steps=max_steps, frames=frame, record=len(paths),
-                                           render_kwargs=render_kwargs(env_id, width, height))
+                                           render_kwargs=render_kwargs(env_id, width, height, env_kwargs))
     except Exception as e:
         for w in writers:
             try:

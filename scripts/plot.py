@@ -26,6 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from rl_trust import plotting  # noqa: E402
 from rl_trust.cli import Parser  # noqa: E402
@@ -159,9 +160,10 @@ def _profile(finals: dict[str, np.ndarray], args) -> Path:
         profiles, cis = library.create_performance_profile({k: v[:, None] for k, v in finals.items()}, taus,
                                                            reps=args.reps, confidence_interval_size=args.ci)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=cis, ax=ax,
+    colors = dict(zip(finals, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=cis, ax=ax, colors=colors,
                                          xlabel=r"final return $\tau$", ylabel=r"fraction of runs with return $> \tau$")
-    ax.legend(list(finals), loc="lower left")
+    ax.legend(handles=[Line2D([], [], color=c, label=k) for k, c in colors.items()], loc="lower left")
     fig.tight_layout()
     _save(fig, args.profile)
     return args.profile

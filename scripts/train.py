@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rl_trust import checkpoint
+from rl_trust import checkpoint, sweep
 from rl_trust.config import register_configs, schema_keys, unknown_key, validate
 from rl_trust.errors import CheckpointError, ConfigError, DivergedError, WorkerError
 from rl_trust.runs import holds_run, resume_config
@@ -35,8 +35,22 @@ from rl_trust.train import run
 register_configs()
 
 
-def _error(message: str, code: int = 2) -> None:
+class RunFailed(RuntimeError):
+    """A run of a multirun failed (its one line is already printed): Hydra records the job as failed and
+    the other runs go on; the multirun then ends non-zero."""
+
+
+def _error(message: str, code: int = 2) -> float:
+    """Print the one line; exit with ``code``, or in a multirun end this run only: an Optuna trial returns
+    the worst value for its direction (the study goes on), any other run raises :class:`RunFailed`."""
     print(f"error: {message}", file=sys.stderr, flush=True)
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        with contextlib.suppress(OSError):  # the sweep's table (trials.csv) shows why the run failed
+            (Path(hydra_cfg.runtime.output_dir) / sweep.FAILURE).write_text(message + "\n")
+        if sweep.is_optuna(hydra_cfg):
+            return sweep.failed_value(hydra_cfg)
+        raise RunFailed(message)
     sys.exit(code)
 
 
@@ -101,7 +115,7 @@ def main(cfg: DictConfig) -> float:
                 print(f"resuming {out_dir} from step {state['global_step']}", flush=True)
                 metrics = run(cfg, out_dir, resume=state)
             print(summary(metrics, cfg, out_dir), flush=True)
-            return metrics["eval/mean_return"]
+            return metrics[cfg.optimized_metric]
         if holds_run(out_dir):  # finished, stopped, or in progress in another process: touch nothing
             hint = (f"continue it with resume={shlex.quote(str(out_dir))}" if checkpoint.find(out_dir)
                     else "it stopped before its first checkpoint: remove it to start again")
@@ -109,27 +123,31 @@ def main(cfg: DictConfig) -> float:
                 hint = "another process is training there now"
             raise ConfigError(f"hydra.run.dir={str(out_dir)!r} already holds a run: {hint}, or train into "
                               "another directory")
+        share = sweep.cores_per_trial(HydraConfig.get())
+        if share is not None and cfg.rollout.workers == "auto":  # trials side by side share the cores
+            cfg.rollout.workers = max(0, min(share - 1, cfg.env.num_envs - 1))
         with checkpoint.lock(out_dir):  # refused if another process took it meanwhile: then nothing is ours
             fresh = True
             metrics = run(cfg, out_dir)
         print(summary(metrics, cfg, out_dir), flush=True)
     except (ConfigError, CheckpointError) as e:
-        if fresh:
+        if fresh and HydraConfig.get().mode != RunMode.MULTIRUN:  # a multirun keeps the run's record
             _remove_run_dir(out_dir)
-        _error(str(e))
+        return _error(str(e))
     except WorkerError as e:
         if e.details:
             with contextlib.suppress(OSError):
                 (out_dir / "worker_error.log").write_text(e.details)
-        _error(f"training stopped: {e}{_where(out_dir, e.details)}", 1)
+        return _error(f"training stopped: {e}{_where(out_dir, e.details)}", 1)
     except DivergedError as e:
-        _error(f"training stopped: {e}", 1)
+        return _error(f"training stopped: {e}", 1)
     except OSError as e:  # disk full, permissions: where the run writes
-        _error(f"training stopped: cannot write {e.filename or out_dir}: {e.strerror or e}", 1)
+        return _error(f"training stopped: cannot write {e.filename or out_dir}: {e.strerror or e}", 1)
     except (KeyboardInterrupt, _Stopped) as e:
         name = "SIGINT" if isinstance(e, KeyboardInterrupt) else str(e)
-        _error(f"stopped by {name}{_where(out_dir, '')}", 130 if name == "SIGINT" else 143)
-    return metrics["eval/mean_return"]
+        print(f"error: stopped by {name}{_where(out_dir, '')}", file=sys.stderr, flush=True)
+        sys.exit(130 if name == "SIGINT" else 143)  # a signal ends a multirun too
+    return metrics[cfg.optimized_metric]
 
 
 def summary(metrics: dict[str, float], cfg: DictConfig, out_dir: Path) -> str:
@@ -213,6 +231,8 @@ def _check_argv(argv: list[str]) -> list[str]:
     value = seen["resume"].split("=", 1)[1].strip()
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
         value = value[1:-1]
+    if args.multirun:
+        raise ConfigError(f"resume={value!r} is invalid in a multirun (-m): resume one run at a time")
     if not value:
         raise ConfigError("resume= needs a run directory (resume=runs/<run>)")
     if not os.path.isdir(value):
@@ -227,10 +247,31 @@ def _check_argv(argv: list[str]) -> list[str]:
     return ours + [a for a in argv if not a.startswith("resume=")]
 
 
+def _check_sweep(argv: list[str]) -> None:
+    """An Optuna sweep's settings, checked before Hydra starts it (Hydra turns an exception in a callback
+    into a warning, so the sweep's own callback cannot refuse it): the config composed as the multirun
+    will compose it. Raises ConfigError; Hydra's own errors are left to the run itself."""
+    args = get_args_parser().parse_args(argv)
+    if not (args.multirun or any(o.lstrip("+").startswith("hparams_search=") for o in args.overrides)):
+        return
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    try:
+        with initialize_config_dir(config_dir=CONFIGS, version_base="1.3", job_name="train"):
+            cfg = GlobalHydra.instance().hydra.compose_config("config", args.overrides, run_mode=RunMode.MULTIRUN)
+    except (HydraException, OmegaConfBaseException):
+        return  # the multirun reports it, as one line
+    if cfg.hydra.mode == RunMode.MULTIRUN and sweep.is_optuna(cfg.hydra):
+        HydraConfig.instance().set_config(cfg)
+        sweep.check_optuna(cfg)
+
+
 def cli(argv: list[str]) -> int:
     """Run ``main`` on ``argv``, Hydra's own errors reduced to one line; returns the exit code."""
     try:
         argv = _check_argv(argv)
+        _check_sweep(argv)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -250,6 +291,9 @@ def cli(argv: list[str]) -> int:
             raise
         print(f"error: {hydra_error_line(e)}", file=sys.stderr)
         return 2
+    except RunFailed as e:
+        print(f"error: the multirun ended with a failed run ({e}); the others finished", file=sys.stderr)
+        return 1
     except OSError as e:  # Hydra making the run directory: a file is in the way, no permission
         print(f"error: cannot create the run directory {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2

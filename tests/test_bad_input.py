@@ -135,4 +135,5 @@ def test_bad_input(tool, args, expected, places, tmp_path, capsys, monkeypatch):
     assert len(err) == 1 and err[0].startswith("error:"), err
     assert expected in err[0], err[0]
     assert not fresh.exists(), sorted(p.name for p in fresh.iterdir())
+    assert not (Path(places["tmp"]) / "sweep").exists()  # a refused sweep starts no trial
     assert snapshot(places) == before
