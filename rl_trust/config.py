@@ -22,7 +22,7 @@ from rl_trust.workers import resolve_workers
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_SEED_OFFSET = 10_000  # the final evaluation's envs are seeded seed + this
 MAX_SEED = 2**32 - 1 - EVAL_SEED_OFFSET
-# What scripts/train.py can return to a sweeper (optimized_metric): the keys of a finished run's metrics.json.
+# What scripts/train.py can return to a sweeper (optimized_metric): the results in a finished run's metrics.json.
 RESULT_KEYS = ("eval/mean_return", "eval/std_return", "eval/mean_length", "train/recent_return", "train/sps",
                "train/time_s")
 

@@ -28,6 +28,7 @@ from rl_trust.policies import Actor
 
 FORMATS = ("onnx", "torchscript", "torch_export")
 INSTALL = "pip install -e '.[export]'"
+MAX_BATCH = 1 << 20  # the dynamic batch dimension's upper bound in the exported programs
 METADATA = "rl_trust.json"  # TorchScript / torch.export extra file; ONNX metadata_props hold the same keys
 
 
@@ -121,7 +122,7 @@ def export(policy: StandalonePolicy, fmt: str, out: str | Path, meta: dict) -> P
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
     policy.eval()
     example = policy.example()
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     try:
         with warnings.catch_warnings(), _quiet("torch.onnx", "torch.export", "torch._export"):
             warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecations inside its exporters

@@ -54,7 +54,7 @@ def expand(label: str, pattern: str) -> list[Path]:
     else:
         matches = [Path(pattern)]
         if not matches[0].is_dir():
-            raise ConfigError(f"{pattern} is not a directory")
+            raise ConfigError(f"{label}: {pattern} is not a directory")
     runs = sorted({run for m in matches if m.is_dir() for run in run_dirs(m)})
     if not runs:
         raise ConfigError(f"{label}: {pattern} holds no run (no TensorBoard events file in it or below it)")
@@ -122,8 +122,9 @@ def smooth(y: np.ndarray, window: int) -> np.ndarray:
 
 
 def resample(curves: list[tuple[np.ndarray, np.ndarray]], points: int, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every curve (smoothed) on one grid of ``points`` steps up to the shortest run's last: (grid, [runs, points])."""
-    grid = np.linspace(min(s[0] for s, _ in curves), min(s[-1] for s, _ in curves), points)
+    """Every curve (smoothed) on one grid of ``points`` steps that every run covers (from the latest first
+    step to the earliest last one): (grid, [runs, points])."""
+    grid = np.linspace(max(s[0] for s, _ in curves), min(s[-1] for s, _ in curves), points)
     return grid, np.stack([np.interp(grid, s, smooth(v, window)) for s, v in curves])
 
 

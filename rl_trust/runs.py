@@ -17,7 +17,7 @@ from rl_trust.errors import ConfigError
 RESUME_KEYS = ("total_steps", "progress", "checkpoint.every_steps", "checkpoint.keep", "rollout.workers",
                "rollout.learner_envs", "rollout.overlap_critic", "rollout.worker_timeout_s", "video.every_steps",
                "video.length", "video.width", "video.height", "video.tensorboard", "optimized_metric")
-GROUPS = ("algo", "env", "tuned")  # config groups: a resume continues with the run's own choices
+GROUPS = ("algo", "env", "tuned", "hparams_search")  # config groups: a resume continues with the run's own choices
 
 
 def holds_run(path: str | Path) -> bool:

@@ -20,9 +20,10 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from rl_trust.config import RESULT_KEYS, schema_keys, unknown_key
+from rl_trust.config import RESULT_KEYS, schema_keys, typed, unknown_key, validate
 from rl_trust.errors import ConfigError
 
 INSTALL = "pip install -e '.[sweep]'"
@@ -40,6 +41,12 @@ def directions(hydra_cfg: DictConfig) -> list[str]:
     return [str(getattr(v, "name", v)).split(".")[-1].lower() for v in values]
 
 
+def trial_value(value: float, hydra_cfg: DictConfig) -> float:
+    """What a finished trial returns: its metric, or the failed value when that is NaN (no episode ended:
+    Optuna 2.10 would store NaN as a complete trial)."""
+    return failed_value(hydra_cfg) if math.isnan(value) else value
+
+
 def failed_value(hydra_cfg: DictConfig) -> float:
     """What a failed or diverged trial returns to the Optuna sweeper: the worst value for its direction, so
     the study records it as the worst trial and goes on (an exception would end the whole sweep)."""
@@ -47,15 +54,19 @@ def failed_value(hydra_cfg: DictConfig) -> float:
 
 
 def cores_per_trial(hydra_cfg: DictConfig) -> int | None:
-    """The cores one trial may use when the launcher runs trials side by side (joblib's ``n_jobs``, Ray's
-    ``num_cpus`` per task, submitit's ``cpus_per_task``); None when a trial has the machine to itself."""
+    """The cores one trial may use when the launcher runs trials side by side (joblib: the cores over the
+    trials it runs at once, which the sweeper's batch also bounds; Ray's ``num_cpus`` per task; submitit's
+    ``cpus_per_task``); None when a trial has the machine to itself."""
     launcher = OmegaConf.select(hydra_cfg, "launcher", default=None)
     target = str(OmegaConf.select(hydra_cfg, "launcher._target_", default=""))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     if "joblib" in target:
-        n_jobs = int(launcher.n_jobs)
+        n_jobs = int(OmegaConf.select(launcher, "n_jobs", default=None) or -1)
         n_jobs = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib: -1 is every core, -2 all but one
-        return max(1, cores // n_jobs)
+        batch = OmegaConf.select(hydra_cfg, "sweeper.n_jobs" if is_optuna(hydra_cfg) else "sweeper.max_batch_size",
+                                 default=None)
+        at_once = min(n_jobs, int(batch)) if batch else n_jobs
+        return max(1, cores // max(1, at_once))
     if "ray" in target.lower():
         num_cpus = OmegaConf.select(launcher, "ray.remote.num_cpus", default=None)
         return max(1, int(math.floor(num_cpus))) if num_cpus else 1  # a Ray task reserves one CPU by default
@@ -63,6 +74,11 @@ def cores_per_trial(hydra_cfg: DictConfig) -> int | None:
         cpus = OmegaConf.select(launcher, "cpus_per_task", default=None)
         return int(cpus) if cpus else None
     return None
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity: a cluster's allocation), else the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def search_space(config: DictConfig) -> dict[str, str]:
@@ -95,6 +111,10 @@ def check_optuna(cfg: DictConfig) -> None:
             raise ConfigError(f"hydra.sweeper.direction={direction} is invalid: allowed: maximize, minimize")
     if OmegaConf.select(cfg, "optimized_metric") not in RESULT_KEYS:
         raise ConfigError(f"optimized_metric={cfg.optimized_metric!r} is invalid: allowed: {', '.join(RESULT_KEYS)}")
+    try:  # what every trial shares: a bad fixed value would fail all n_trials of them
+        validate(job_config(cfg))
+    except ConfigError as e:
+        raise ConfigError(f"{e} (every trial of the sweep would fail)") from None
     parser = OverridesParser.create()
     for key, text in search_space(cfg).items():
         where = f"the search space's {key}"
@@ -111,11 +131,50 @@ def check_optuna(cfg: DictConfig) -> None:
         high = getattr(value, "end", getattr(value, "stop", None))
         if low is not None and high is not None and low > high:
             raise ConfigError(f"{where}={text} is invalid: its low end {low} is above its high end {high}")
+        if "log" in getattr(value, "tags", ()) and low is not None and low <= 0:
+            raise ConfigError(f"{where}={text} is invalid: a log scale needs a low end above 0, not {low}")
+        step = getattr(value, "step", None)
+        if step is not None and step <= 0:
+            raise ConfigError(f"{where}={text} is invalid: a range's step must be > 0, not {step}")
+        for extreme in _extremes(value):  # each end of the range as a value, with everything else as set
+            _check_value(cfg, key, extreme, f"{where}={text}")
         if hasattr(value, "list") and not value.list:
             raise ConfigError(f"{where}={text} is invalid: a choice needs at least one option")
     storage = OmegaConf.select(hydra_cfg, "sweeper.storage", default=None)
     if storage is not None:
         check_storage(str(storage))
+
+
+def _extremes(value) -> list:
+    if hasattr(value, "list"):
+        return list(value.list)
+    ends = [getattr(value, "start", None), getattr(value, "end", getattr(value, "stop", None))]
+    return [e for e in ends if e is not None]
+
+
+def job_config(cfg: DictConfig) -> DictConfig:
+    """The run's own config (no ``hydra`` node) as the schemas type it: what :func:`validate` checks."""
+    def plain(value):
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+    return typed({key: plain(cfg[key]) for key in cfg if key != "hydra"})
+
+
+def _check_value(cfg: DictConfig, key: str, value, where: str) -> None:
+    """``validate`` with ``key`` set to one of the values a trial may draw."""
+    trial = job_config(cfg)
+    with open_dict(trial):
+        try:
+            if isinstance(value, str):  # the trial's override is key=value, which Hydra parses ("[64,64]": a list)
+                value = OverridesParser.create().parse_override(f"{key}={value}").value()
+            OmegaConf.update(trial, key, value, merge=False)
+        except Exception as e:  # noqa: BLE001 - OmegaConf's type errors have many types
+            raise ConfigError(f"{where}: {value!r} is not a value {key} can take ({' '.join(str(e).split())[:200]})"
+                              ) from None
+    try:
+        validate(trial)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: a trial with {key}={value} would fail: {e}") from None
 
 
 def check_storage(url: str) -> None:
@@ -135,7 +194,8 @@ def check_storage(url: str) -> None:
 def trial_rows(sweep_dir: Path, metric: str) -> list[dict[str, Any]]:
     """One row per run of a multirun directory: its number, its overrides, the metric and its state."""
     rows = []
-    for run_dir in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").exists()):
+    for run_dir in sorted((p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").exists()),
+                          key=_job_number):
         overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
         row: dict[str, Any] = {"run": run_dir.name}
         for item in overrides:
@@ -151,13 +211,19 @@ def trial_rows(sweep_dir: Path, metric: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _job_number(run_dir: Path) -> tuple[int, str]:
+    """A multirun's run in launch order (trial_10 after trial_9): Hydra's job number, leading its name."""
+    head = run_dir.name.removeprefix("trial_").split("_", 1)[0]
+    return (int(head) if head.isdigit() else 1 << 62, run_dir.name)
+
+
 def write_trials_csv(sweep_dir: Path, metric: str) -> Path | None:
     rows = trial_rows(sweep_dir, metric)
     if not rows:
         return None
     fields = list(dict.fromkeys(k for row in rows for k in row))
     path = sweep_dir / "trials.csv"
-    tmp = path.with_name(".trials.csv.tmp")
+    tmp = path.with_name(f".trials.csv.{os.getpid()}.tmp")  # trials of a parallel launcher end at once
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
@@ -207,6 +273,13 @@ class SweepCallback(Callback):
         if is_optuna(config.hydra):  # checked already (scripts/train.py): Hydra only warns of a callback's error
             seed_sampler(config)
             write_sweep_yaml(config)
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        """After each run of a multirun: the table so far (a multirun that fails or is stopped keeps it)."""
+        if OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN:
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            if sweep_dir.is_dir():
+                write_trials_csv(sweep_dir, str(OmegaConf.select(config, "optimized_metric")))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))

@@ -132,11 +132,14 @@ class Mp4:
         self.writer.append_data(frame)
 
     def close(self, keep: bool = True) -> None:
-        self.writer.close()
-        if keep:
-            os.replace(self.tmp, self.path)  # whole files only: a failed recording leaves none
-        else:
-            self.tmp.unlink(missing_ok=True)
+        """Publish the file (``keep``) or remove it; a failed recording leaves none. Safe to call twice."""
+        try:
+            self.writer.close()
+        finally:
+            if keep:
+                os.replace(self.tmp, self.path)
+            else:
+                self.tmp.unlink(missing_ok=True)
 
 
 def fps_of(env_id: str, env_kwargs: dict) -> float:
@@ -168,6 +171,7 @@ def record(policy: Policy, env_id: str, paths: list[Path], *, episodes: int, see
         if keep_frames:
             kept[i].append(image)
 
+    done = False
     try:
         for path in paths:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,17 +179,16 @@ def record(policy: Policy, env_id: str, paths: list[Path], *, episodes: int, see
         returns, lengths = episode_returns(policy, env_id, episodes, seed=seed, env_kwargs=env_kwargs,
                                            max_steps=max_steps, frames=frame, record=len(paths),
                                            render_kwargs=render_kwargs(env_id, width, height, env_kwargs))
-    except Exception as e:
         for w in writers:
-            try:
-                w.close(keep=False)
-            except Exception:  # noqa: BLE001 - the first failure is the one to report
-                pass
-        if isinstance(e, RenderError):
-            raise
+            w.writer.close()  # every file encoded before any is published
+        done = True
+    except RenderError:
+        raise
+    except Exception as e:
         raise RenderError(f"recording {env_id} failed: {type(e).__name__}: {' '.join(str(e).split())}") from None
-    for w in writers:
-        w.close()
+    finally:  # also on a signal: no temporary file or ffmpeg process is left
+        for w in writers:
+            w.close(keep=done)
     return returns, lengths, ([np.stack(f) for f in kept] if keep_frames else None)
 
 
@@ -220,7 +223,8 @@ class TrainingVideos:
         return self.on and step // self.cfg.every_steps > previous_step // self.cfg.every_steps
 
     def __call__(self, actor, obs_norm, step: int, writer) -> dict[str, float]:
-        """Record the policy at ``step``; returns the episode's metrics (video/return, video/seconds)."""
+        """Record the policy at ``step``; returns the episode's metrics (video/return, video/length,
+        video/seconds)."""
         if not self.on:
             return {}
         start = time.perf_counter()
@@ -234,6 +238,10 @@ class TrainingVideos:
             return {}
         if self.clips:
             clip = torch.from_numpy(frames[0]).permute(0, 3, 1, 2).unsqueeze(0)  # [1, T, C, H, W]
-            writer.add_video("videos/episode", clip, step, fps=fps_of(self.env_id, self.env_kwargs))
+            try:
+                writer.add_video("videos/episode", clip, step, fps=fps_of(self.env_id, self.env_kwargs))
+            except Exception as e:  # noqa: BLE001 - moviepy's encoding errors have many types
+                self.clips = False
+                self.note(f"TensorBoard clips are off for this run ({type(e).__name__}: {e}); mp4s go on")
         return {"video/return": float(returns[0]), "video/length": float(lengths[0]),
                 "video/seconds": time.perf_counter() - start}

@@ -508,9 +508,11 @@ class ParallelEnvs:
             self.local.close()
 
 
-def resolve_workers(workers: int | str, num_envs: int) -> int:
-    """``auto``: one worker per spare core, at most ``num_envs - 1``; 0 when that leaves none."""
-    return max(0, min((os.cpu_count() or 1) - 1, num_envs - 1)) if workers == "auto" else workers
+def resolve_workers(workers: int | str, num_envs: int, cores: int | None = None) -> int:
+    """``auto``: one worker per spare core (of ``cores``, default the machine's), at most ``num_envs - 1``;
+    0 when that leaves none."""
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return max(0, min(cores - 1, num_envs - 1)) if workers == "auto" else workers
 
 
 def make_envs(env_id: str, num_envs: int, workers: int, env_kwargs: dict | None = None,

@@ -1,7 +1,8 @@
 """Evaluate a saved run: ``python scripts/evaluate.py runs/<run> --episodes 10 [--video DIR]``.
 
 The argument is a checkpoint file or a run directory (its final checkpoint, else its newest). The
-policy acts deterministically (the mean or argmax) with the observation normaliser frozen; episode
+policy acts deterministically (the mean or argmax; ``--stochastic`` samples) with the observation
+normaliser frozen; episode
 ``i`` runs on env seed ``--seed + i``. ``--video DIR`` also writes the first ``--video-episodes`` of
 these episodes as mp4 files (headless; needs ``pip install -e '.[video]'``).
 """
@@ -34,7 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--episodes={args.episodes} must be >= 1")
     if not 0 <= args.seed <= MAX_SEED:
         parser.error(f"--seed={args.seed} must lie in [0, {MAX_SEED}]")
-    if args.video is not None:
+    if args.video is None:
+        given = [f for f, v in (("--video-episodes", args.video_episodes != 1), ("--width", args.width != 480),
+                                ("--height", args.height != 480)) if v]
+        if given:
+            parser.error(f"{given[0]} only applies with --video DIR")
+    else:
         if not 1 <= args.video_episodes <= args.episodes:
             parser.error(f"--video-episodes={args.video_episodes} must lie in [1, --episodes={args.episodes}]")
         for name in ("width", "height"):

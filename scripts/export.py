@@ -22,6 +22,7 @@ import numpy as np
 from rl_trust.cli import Parser, one_torch_thread
 from rl_trust.config import MAX_SEED
 from rl_trust.errors import CheckpointError, ConfigError
+from rl_trust.export import MAX_BATCH
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=12345, help="env seed of the first of --episodes")
     args = parser.parse_args(argv)
     one_torch_thread()
-    if args.check < 0:
-        parser.error(f"--check={args.check} must be >= 0")
+    if not 0 <= args.check <= MAX_BATCH:
+        parser.error(f"--check={args.check} must lie in [0, {MAX_BATCH}] (the largest batch an exported file takes)")
     if not args.atol > 0:
         parser.error(f"--atol={args.atol} must be > 0")
     if args.episodes < 0:
@@ -64,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         try:
             diff = export.max_difference(export.load(path, args.format), policy, actor, obs_norm, args.check)
-        except ConfigError as e:
+        except Exception as e:  # noqa: BLE001 - a missing runtime, or one that cannot run the file
             path.unlink()
-            print(f"error: {e}", file=sys.stderr)
+            why = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            print(f"error: the exported file could not be checked, so it was removed: {why}", file=sys.stderr)
             return 2
         report["check"] = {"observations": args.check, "max_abs_diff": diff}
         if not diff <= args.atol:

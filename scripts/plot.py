@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--{name}={getattr(args, name)} must be >= {low}")
     if not 0 < args.ci < 1:
         p.error(f"--ci={args.ci} must lie in (0, 1)")
+    if not 0 <= args.seed < 2**32:
+        p.error(f"--seed={args.seed} must lie in [0, 2**32)")
+    if args.profile is not None and args.profile.resolve() == args.out.resolve():
+        p.error(f"--profile {args.profile} is the --out file: give it its own name")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     formats = fig.canvas.get_supported_filetypes()
     _check_out(p, args.out, "--out", formats)
@@ -144,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile is not None:
             written.append(_profile(finals, args))
     except (OSError, ValueError) as e:
-        return _fail(f"cannot write {args.out}: {e}")
+        return _fail(f"cannot write {getattr(e, 'filename', None) or args.out}: {e}")
     print("wrote " + ", ".join(map(str, written)))
     return 0
 

@@ -31,6 +31,7 @@ from rl_trust.config import register_configs, schema_keys, unknown_key, validate
 from rl_trust.errors import CheckpointError, ConfigError, DivergedError, WorkerError
 from rl_trust.runs import holds_run, resume_config
 from rl_trust.train import run
+from rl_trust.workers import resolve_workers
 
 register_configs()
 
@@ -125,11 +126,13 @@ def main(cfg: DictConfig) -> float:
                               "another directory")
         share = sweep.cores_per_trial(HydraConfig.get())
         if share is not None and cfg.rollout.workers == "auto":  # trials side by side share the cores
-            cfg.rollout.workers = max(0, min(share - 1, cfg.env.num_envs - 1))
+            cfg.rollout.workers = resolve_workers("auto", cfg.env.num_envs, cores=share)
         with checkpoint.lock(out_dir):  # refused if another process took it meanwhile: then nothing is ours
             fresh = True
             metrics = run(cfg, out_dir)
         print(summary(metrics, cfg, out_dir), flush=True)
+        if HydraConfig.get().mode == RunMode.MULTIRUN and sweep.is_optuna(HydraConfig.get()):
+            return sweep.trial_value(metrics[cfg.optimized_metric], HydraConfig.get())
     except (ConfigError, CheckpointError) as e:
         if fresh and HydraConfig.get().mode != RunMode.MULTIRUN:  # a multirun keeps the run's record
             _remove_run_dir(out_dir)
@@ -231,8 +234,9 @@ def _check_argv(argv: list[str]) -> list[str]:
     value = seen["resume"].split("=", 1)[1].strip()
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
         value = value[1:-1]
-    if args.multirun:
-        raise ConfigError(f"resume={value!r} is invalid in a multirun (-m): resume one run at a time")
+    if args.multirun or any(o.lstrip("+").startswith(("hparams_search=", "hydra.mode=")) for o in args.overrides):
+        raise ConfigError(f"resume={value!r} is invalid in a multirun (-m, hparams_search=, hydra.mode): resume one "
+                          "run at a time")
     if not value:
         raise ConfigError("resume= needs a run directory (resume=runs/<run>)")
     if not os.path.isdir(value):
