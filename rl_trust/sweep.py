@@ -256,7 +256,10 @@ def write_sweep_yaml(config: DictConfig) -> Path:
     them; the Optuna sweeper writes no multirun.yaml)."""
     sweeper = config.hydra.sweeper
     params = search_space(config)
-    study = {"study_name": sweeper.study_name, "storage": sweeper.storage, "direction": directions(config.hydra),
+    storage = sweeper.storage
+    if storage is not None and str(storage).startswith("sqlite:///") and not str(storage).startswith("sqlite:////"):
+        storage = f"sqlite:///{Path(str(storage)[len('sqlite:///'):]).resolve()}"  # the report may run elsewhere
+    study = {"study_name": sweeper.study_name, "storage": storage, "direction": directions(config.hydra),
              "n_trials": sweeper.n_trials, "sampler": OmegaConf.to_container(sweeper.sampler, resolve=True),
              "params": params, "optimized_metric": config.optimized_metric}
     sweep_dir = Path(str(config.hydra.sweep.dir))
