@@ -156,8 +156,8 @@ def load(path: str | Path, fmt: str):
         _need("onnxruntime", why="running an ONNX policy")
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return lambda obs, space=None: session.run(["action"], {"obs": obs})[0]
+        runtime = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda obs, space=None: runtime.run(["action"], {"obs": obs})[0]
     module = torch.jit.load(str(path)) if fmt == "torchscript" else torch.export.load(str(path)).module()
     return lambda obs, space=None: module(torch.from_numpy(obs)).numpy()
 

@@ -97,7 +97,8 @@ def search_space(config: DictConfig) -> dict[str, str]:
 
 def check_optuna(cfg: DictConfig) -> None:
     """An Optuna sweep's settings, before any trial runs: every search-space key a config key, every range
-    low <= high, n_trials and n_jobs >= 1, the storage reachable. Raises :class:`ConfigError` naming it."""
+    low <= high (above 0 on a log scale, steps > 0), the shared values and each end of each range valid,
+    n_trials and n_jobs >= 1, the storage reachable. Raises :class:`ConfigError` naming it."""
     hydra_cfg = cfg.hydra
     sweeper = hydra_cfg.sweeper
     for key in ("n_trials", "n_jobs"):
@@ -111,22 +112,16 @@ def check_optuna(cfg: DictConfig) -> None:
             raise ConfigError(f"hydra.sweeper.direction={direction} is invalid: allowed: maximize, minimize")
     if OmegaConf.select(cfg, "optimized_metric") not in RESULT_KEYS:
         raise ConfigError(f"optimized_metric={cfg.optimized_metric!r} is invalid: allowed: {', '.join(RESULT_KEYS)}")
-    try:  # what every trial shares: a bad fixed value would fail all n_trials of them
-        validate(job_config(cfg))
-    except ConfigError as e:
-        raise ConfigError(f"{e} (every trial of the sweep would fail)") from None
     parser = OverridesParser.create()
-    for key, text in search_space(cfg).items():
+    space = search_space(cfg)
+    values = {}
+    for key, text in space.items():
         where = f"the search space's {key}"
         if OmegaConf.select(cfg, key, default="\0missing") == "\0missing" and not key.startswith("hydra."):
             parent = key.rpartition(".")[0]
             keys = schema_keys(parent)
             raise ConfigError(f"{where}: " + (str(unknown_key(key, keys)) if keys else f"{key} is not a config key"))
-        try:
-            override = parser.parse_override(f"{key}={text}")
-        except Exception as e:  # noqa: BLE001 - Hydra's grammar errors have many types
-            raise ConfigError(f"{where}={text} cannot be parsed: {' '.join(str(e).split())}") from None
-        value = override.value()
+        value = values[key] = _parsed(parser, key, text)
         low = getattr(value, "start", None)
         high = getattr(value, "end", getattr(value, "stop", None))
         if low is not None and high is not None and low > high:
@@ -136,10 +131,18 @@ def check_optuna(cfg: DictConfig) -> None:
         step = getattr(value, "step", None)
         if step is not None and step <= 0:
             raise ConfigError(f"{where}={text} is invalid: a range's step must be > 0, not {step}")
-        for extreme in _extremes(value):  # each end of the range as a value, with everything else as set
-            _check_value(cfg, key, extreme, f"{where}={text}")
         if hasattr(value, "list") and not value.list:
             raise ConfigError(f"{where}={text} is invalid: a choice needs at least one option")
+    base = job_config(cfg)  # what every trial shares, each searched key at its first value
+    for key, value in values.items():
+        _set(base, key, _extremes(value)[0], f"the search space's {key}={space[key]}")
+    try:
+        validate(base)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (every trial of the sweep would fail)") from None
+    for key, value in values.items():  # each end of each range, the other keys at their first values
+        for extreme in _extremes(value):
+            _check_value(base, key, extreme, f"the search space's {key}={space[key]}")
     storage = OmegaConf.select(hydra_cfg, "sweeper.storage", default=None)
     if storage is not None:
         check_storage(str(storage))
@@ -160,17 +163,29 @@ def job_config(cfg: DictConfig) -> DictConfig:
     return typed({key: plain(cfg[key]) for key in cfg if key != "hydra"})
 
 
-def _check_value(cfg: DictConfig, key: str, value, where: str) -> None:
-    """``validate`` with ``key`` set to one of the values a trial may draw."""
-    trial = job_config(cfg)
-    with open_dict(trial):
+def _parsed(parser, key: str, text: str):
+    try:
+        return parser.parse_override(f"{key}={text}").value()
+    except Exception as e:  # noqa: BLE001 - Hydra's grammar errors have many types
+        raise ConfigError(f"the search space's {key}={text} cannot be parsed: {' '.join(str(e).split())}") from None
+
+
+def _set(cfg: DictConfig, key: str, value, where: str) -> None:
+    """``key`` of ``cfg`` set as a trial's ``key=value`` override would set it."""
+    with open_dict(cfg):
         try:
             if isinstance(value, str):  # the trial's override is key=value, which Hydra parses ("[64,64]": a list)
                 value = OverridesParser.create().parse_override(f"{key}={value}").value()
-            OmegaConf.update(trial, key, value, merge=False)
+            OmegaConf.update(cfg, key, value, merge=False)
         except Exception as e:  # noqa: BLE001 - OmegaConf's type errors have many types
             raise ConfigError(f"{where}: {value!r} is not a value {key} can take ({' '.join(str(e).split())[:200]})"
                               ) from None
+
+
+def _check_value(base: DictConfig, key: str, value, where: str) -> None:
+    """``validate`` with ``key`` set to one of the values a trial may draw."""
+    trial = base.copy()
+    _set(trial, key, value, where)
     try:
         validate(trial)
     except ConfigError as e:

@@ -77,14 +77,15 @@ def test_joblib_runs_two_trials_side_by_side_without_oversubscribing(tmp_path):
 
 
 def test_a_failed_trial_is_the_worst_value_and_the_sweep_goes_on(tmp_path):
-    # 2 x 50 steps is not a multiple of critic.minibatch_size=32: that trial fails its config check
+    # an SGD critic step of 1e30 diverges: its first non-finite update ends that trial (max_nonfinite_updates=1)
     sweep_dir, out = sweep(tmp_path, "hparams_search=trpo_optuna", "hydra/sweeper/sampler=grid",
-                           "hydra.sweeper.params=null", "rollout.steps_per_env=choice(64,50)")
-    rows = {r["rollout.steps_per_env"]: r for r in trials(sweep_dir)}
-    assert rows["50"]["state"] == "failed" and rows["64"]["state"] == "complete"
-    assert "critic.minibatch_size=32 is invalid" in out.stderr and "critic.minibatch_size=32" in rows["50"]["error"]
+                           "hydra.sweeper.params=null", "critic.optim=sgd", "max_nonfinite_updates=1",
+                           "critic.lr=choice(0.001,1e30)")
+    rows = {float(r["critic.lr"]): r for r in trials(sweep_dir)}
+    assert rows[1e30]["state"] == "failed" and rows[0.001]["state"] == "complete"
+    assert "training stopped" in out.stderr and "critic.lr=1e+30" in rows[1e30]["error"]
     best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
-    assert best.best_params["rollout.steps_per_env"] == 64 and math.isfinite(best.best_value)
+    assert best.best_params["critic.lr"] == 0.001 and math.isfinite(best.best_value)
 
 
 def test_submitit_local_runs_a_seed_sweep_that_plots_as_one_group(tmp_path):
