@@ -18,6 +18,8 @@ and each seed's value. ``--profile FILE`` adds a performance profile of the fina
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -45,9 +47,14 @@ def _check_out(p: Parser, out: Path, flag: str, formats) -> None:
         p.error(f"{flag} {out}: the format must be one of {', '.join(sorted(formats))} (from its suffix)")
 
 
+def _tmp(path: Path) -> Path:
+    """Where ``path`` is written first (same suffix: matplotlib reads the format from it)."""
+    return path.with_name(f".{path.stem}.tmp{path.suffix}")
+
+
 def _save(fig, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(_tmp(out), dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,17 +145,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile is not None and not any(len(v) for v in finals.values()):
         return _fail("--profile: no run has finished (none has a metrics.json with eval/mean_return)")
     written = [args.out]
-    try:
+    try:  # every output to a temporary file first, then all renamed: a failure leaves none of them
         _save(fig, args.out)
         if any(r["runs"] for r in rows):
             for suffix, text in ((".csv", plotting.csv(rows)), (".md", plotting.markdown(rows, args.ci))):
-                args.out.with_suffix(suffix).write_text(text)
+                _tmp(args.out.with_suffix(suffix)).write_text(text)
                 written.append(args.out.with_suffix(suffix))
-            print(plotting.markdown(rows, args.ci), end="")
         if args.profile is not None:
             written.append(_profile(finals, args))
+        for path in written:
+            os.replace(_tmp(path), path)
     except (OSError, ValueError) as e:
+        for path in written:
+            with contextlib.suppress(OSError):
+                _tmp(path).unlink(missing_ok=True)
         return _fail(f"cannot write {getattr(e, 'filename', None) or args.out}: {e}")
+    if any(r["runs"] for r in rows):
+        print(plotting.markdown(rows, args.ci), end="")
     print("wrote " + ", ".join(map(str, written)))
     return 0
 

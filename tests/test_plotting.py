@@ -89,3 +89,14 @@ def test_runs_without_the_tag_are_named_and_left_out(tmp_path, capsys):
 def test_the_readme_plot_command_still_works_on_a_real_run(video_run, tmp_path):
     assert load_script("plot").main([str(video_run), "--tag", "losses/value", "--out", str(tmp_path / "c.png")]) == 0
     assert (ROOT / "scripts" / "plot.py").exists()
+
+
+def test_a_failed_write_leaves_no_output(tmp_path, capsys):
+    fake_run(tmp_path / "g" / "a", "T-v0", [1, 2, 3], final=3)
+    (tmp_path / "file").write_text("not a directory")
+    out = tmp_path / "out" / "p.png"
+    code = load_script("plot").main([str(tmp_path / "g"), "--out", str(out), "--profile",
+                                     str(tmp_path / "file" / "prof.png"), "--reps", "100"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot write" in err[0]
+    assert not out.exists() and sorted(p.name for p in out.parent.iterdir()) == []  # no figure, table or temp file
