@@ -57,7 +57,7 @@ def _save(fig, out: Path) -> None:
     fig.savefig(_tmp(out), dpi=110)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _plot(argv: list[str] | None) -> int:
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", type=Path, help="run directories or directories of runs, one group each")
     p.add_argument("--group", action="append", default=[], metavar="LABEL=GLOB", help="a labelled group of runs")
@@ -184,6 +184,13 @@ def _profile(finals: dict[str, np.ndarray], args) -> Path:
     fig.tight_layout()
     _save(fig, args.profile)
     return args.profile
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _plot(argv)
+    finally:
+        plt.close("all")  # the figures of a call made in process (tests, notebooks)
 
 
 if __name__ == "__main__":
