@@ -154,7 +154,8 @@ def fps_of(env_id: str, env_kwargs: dict) -> float:
 
 
 def record(policy: Policy, env_id: str, paths: list[Path], *, episodes: int, seed: int, env_kwargs: dict,
-           width: int, height: int, max_steps: int | None = None, keep_frames: bool = False):
+           width: int, height: int, max_steps: int | None = None, keep_frames: bool = False,
+           fps: float | None = None):
     """Run :func:`episode_returns` over ``episodes`` envs, writing the first ``len(paths)`` episodes as mp4s.
 
     Returns (returns, lengths, frames): frames of the recorded episodes ([T, H, W, 3] uint8 each) when
@@ -162,7 +163,7 @@ def record(policy: Policy, env_id: str, paths: list[Path], *, episodes: int, see
     file is left.
     """
     check_writer()
-    fps = fps_of(env_id, env_kwargs)
+    fps = fps if fps is not None else fps_of(env_id, env_kwargs)
     writers: list[Mp4] = []
     kept: list[list[np.ndarray]] = [[] for _ in paths]
 
@@ -203,6 +204,7 @@ class TrainingVideos:
         self.env_id, self.env_kwargs = cfg.env.id, dict(cfg.env.kwargs)
         self.on = self.cfg.every_steps > 0
         self.clips = False
+        self.fps = fps_of(self.env_id, self.env_kwargs) if self.on else 30.0  # the env's, made once per run
         if self.on:
             try:
                 check_writer()
@@ -232,14 +234,14 @@ class TrainingVideos:
             returns, lengths, frames = record(
                 policy_of(actor, obs_norm), self.env_id, [self.dir / f"step_{step:012d}.mp4"], episodes=1,
                 seed=self.seed, env_kwargs=self.env_kwargs, width=self.cfg.width, height=self.cfg.height,
-                max_steps=self.cfg.length, keep_frames=self.clips)
+                max_steps=self.cfg.length, keep_frames=self.clips, fps=self.fps)
         except RenderError as e:
             self.off(e)
             return {}
         if self.clips:
             clip = torch.from_numpy(frames[0]).permute(0, 3, 1, 2).unsqueeze(0)  # [1, T, C, H, W]
             try:
-                writer.add_video("videos/episode", clip, step, fps=fps_of(self.env_id, self.env_kwargs))
+                writer.add_video("videos/episode", clip, step, fps=self.fps)
             except Exception as e:  # noqa: BLE001 - moviepy's encoding errors have many types
                 self.clips = False
                 self.note(f"TensorBoard clips are off for this run ({type(e).__name__}: {e}); mp4s go on")

@@ -53,7 +53,7 @@ def load_study(sweep_dir: Path):
         return optuna.load_study(study_name=str(sweeper.study_name), storage=str(sweeper.storage)), metric
     table = sweep_dir / "trials.csv"
     if not table.exists():
-        raise ConfigError(f"{sweep_dir} has no trials.csv (written when a sweep ends) and no storage")
+        raise ConfigError(f"{sweep_dir} has no trials.csv (written after each run of a sweep) and no storage")
     parser = OverridesParser.create()
     space = {str(k): create_optuna_distribution_from_override(parser.parse_override(f"{k}={v}"))
              for k, v in (sweeper.params or {}).items()}
@@ -108,9 +108,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.sweep}: no trial finished with a finite {metric}", file=sys.stderr)
         return 2
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    out.mkdir(parents=True, exist_ok=True)
     report = {"study": study.study_name, "metric": metric, "trials": len(study.trials),
               "finished": len(good.trials), "best_value": good.best_value, "best_params": good.best_params}
+    importances = None
+    if len(good.trials) >= 2 and good.best_params:  # computed before anything is written: a failure writes nothing
+        # Optuna 2.10's fANOVA reads scikit-learn trees in a layout scikit-learn 1.4 changed; the random
+        # forest's impurity decrease works with both (and its own plots with today's matplotlib do not)
+        evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks the evaluator experimental
+            try:
+                importances = optuna.importance.get_param_importances(good, evaluator=evaluator)
+            except ImportError:
+                print(f"error: parameter importances need scikit-learn: {INSTALL}", file=sys.stderr)
+                return 2
+        report["importances"] = importances
+    out.mkdir(parents=True, exist_ok=True)
     values = [t.value for t in good.trials]
     best = (max if good.direction == optuna.study.StudyDirection.MAXIMIZE else min)
     running = [best(values[: i + 1]) for i in range(len(values))]
@@ -125,18 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     fig.tight_layout()
     fig.savefig(out / "optimization_history.png", dpi=110)
     written = [out / "optimization_history.png"]
-    if len(good.trials) >= 2 and good.best_params:
-        # Optuna 2.10's fANOVA reads scikit-learn trees in a layout scikit-learn 1.4 changed; the random
-        # forest's impurity decrease works with both (and its own plots with today's matplotlib do not)
-        evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Optuna marks the evaluator experimental
-            try:
-                importances = optuna.importance.get_param_importances(good, evaluator=evaluator)
-            except ImportError:
-                print(f"error: parameter importances need scikit-learn: {INSTALL}", file=sys.stderr)
-                return 2
-        report["importances"] = importances
+    if importances is not None:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         names = list(importances)[::-1]
         ax.barh(names, [importances[n] for n in names])
