@@ -27,7 +27,7 @@ import torch
 from rl_trust.errors import CheckpointError, ConfigError
 
 MAGIC = b"RL_TRUST-CHECKPOINT"
-VERSION = 1
+VERSION = 2
 FINAL = "checkpoint.pt"
 SUBDIR = "checkpoints"
 _STEP_FILE = re.compile(r"step_(\d+)\.pt")

@@ -20,6 +20,8 @@ from rl_trust.nets import ACTIVATIONS
 from rl_trust.workers import resolve_workers
 
 DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("local", "ray")
+OBS_STATS = ("rollout", "step")  # rollout.obs_stats (rl_trust.rollout.Collector)
 EVAL_SEED_OFFSET = 10_000  # the final evaluation's envs are seeded seed + this
 MAX_SEED = 2**32 - 1 - EVAL_SEED_OFFSET
 # What scripts/train.py can return to a sweeper (optimized_metric): the results in a finished run's metrics.json.
@@ -59,6 +61,27 @@ class RolloutConfig:
     learner_envs: Any = "auto"
     # A worker that has not answered for this long (stopped, or its env stuck in a step) ends the run.
     worker_timeout_s: float = 60.0
+    # Where the envs step: local (this process, plus rollout.workers shared-memory worker processes) or
+    # ray (rollout.workers Ray actors, on this machine or a cluster: the ray section; each actor runs
+    # its whole segment of every rollout).
+    backend: str = "local"
+    # When the observation statistics take observations in: rollout (frozen while a rollout is
+    # collected, updated with all of it at its end: batches do not depend on the backend, the worker
+    # count or env_groups) or step (after every step; local backend only).
+    obs_stats: str = "rollout"
+
+
+@dataclass
+class RayConfig:
+    """rollout.backend=ray: where the actors run (docs/architecture.md, "Rollouts on Ray")."""
+
+    # null: start a local Ray instance for the run (stopped at its end); auto: the cluster this machine
+    # has joined (ray start); or a cluster's address (host:port or ray://host:port).
+    address: str | None = None
+    num_cpus_per_actor: float = 1.0
+    # How often Ray may restart a dead actor (its envs start fresh episodes and its segment is collected
+    # again, counted as rollout/actor_restarts); 0: a dead actor ends the run.
+    max_restarts: int = 0
 
 
 @dataclass
@@ -162,6 +185,7 @@ class Config:
     algo: Any = MISSING
     env: EnvConfig = field(default_factory=EnvConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     seed: int = 0
@@ -186,7 +210,7 @@ class Config:
 ALGO_SCHEMAS: dict[str, type] = {"ppo": PPOConfig, "trpo": TRPOConfig, "kl_penalty": KLPenaltyConfig}
 # dataclasses.fields gives the annotations as strings (from __future__ import annotations)
 _DATACLASSES: dict[str, type] = {cls.__name__: cls for cls in (
-    EnvConfig, RolloutConfig, PolicyConfig, CriticConfig, CheckpointConfig, VideoConfig, TunedConfig)}
+    EnvConfig, RolloutConfig, RayConfig, PolicyConfig, CriticConfig, CheckpointConfig, VideoConfig, TunedConfig)}
 
 
 def typed(container: dict) -> DictConfig:
@@ -321,12 +345,22 @@ def validate(cfg: DictConfig) -> None:
     for key in ("total_steps", "env.num_envs", "rollout.steps_per_env", "torch_threads", "eval_episodes",
                 "critic.epochs", "env.obs_clip", "env.reward_clip"):
         positive(cfg, key)
-    num_envs = cfg.env.num_envs
-    _count(cfg, "rollout.workers", 0, num_envs - 1, "at most env.num_envs - 1: the learner steps one env itself")
+    num_envs, rollout = cfg.env.num_envs, cfg.rollout
+    _require(rollout.backend in BACKENDS, "rollout.backend", rollout.backend, f"allowed: {', '.join(BACKENDS)}")
+    _require(rollout.obs_stats in OBS_STATS, "rollout.obs_stats", rollout.obs_stats, f"allowed: {', '.join(OBS_STATS)}")
     _count(cfg, "rollout.env_groups", 1, num_envs, "at most env.num_envs")
-    workers = resolve_workers(cfg.rollout.workers, num_envs)
-    _count(cfg, "rollout.learner_envs", 0, num_envs - max(workers, 1),
-           "at most env.num_envs - rollout.workers: each worker steps at least one env")
+    if rollout.backend == "ray":
+        _count(cfg, "rollout.workers", 1, num_envs, "Ray actors, each stepping at least one env")
+        _require(rollout.obs_stats == "rollout", "rollout.obs_stats", rollout.obs_stats,
+                 "the ray backend's actors act on statistics frozen for the rollout: use rollout")
+        _require(rollout.learner_envs == "auto", "rollout.learner_envs", rollout.learner_envs,
+                 "the ray backend steps every env in its actors: leave it auto")
+        _check_ray(cfg)
+    else:
+        _count(cfg, "rollout.workers", 0, num_envs - 1, "at most env.num_envs - 1: the learner steps one env itself")
+        workers = resolve_workers(rollout.workers, num_envs)
+        _count(cfg, "rollout.learner_envs", 0, num_envs - max(workers, 1),
+               "at most env.num_envs - rollout.workers: each worker steps at least one env")
     for key in ("gamma", "gae_lambda"):
         in_range(cfg, key, 0.0, 1.0, closed=True)
     for net in ("policy", "critic"):
@@ -369,6 +403,16 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.total_steps >= batch, "total_steps", cfg.total_steps,
              f"must be at least one batch (env.num_envs * rollout.steps_per_env = {batch})")
     VALIDATORS[algo](cfg, batch)
+
+
+def _check_ray(cfg: DictConfig) -> None:
+    address = cfg.ray.address
+    _require(address is None or (isinstance(address, str) and address.strip() != ""), "ray.address", address,
+             "null (a local Ray for the run), auto (the cluster this machine joined) or host:port / ray://host:port")
+    positive(cfg, "ray.num_cpus_per_actor")
+    value = cfg.ray.max_restarts
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, "ray.max_restarts", value,
+             "must be a whole number >= 0")
 
 
 def _validate_minibatch_algo(cfg: DictConfig, batch: int) -> None:

@@ -34,6 +34,10 @@ class RunningMeanStd:
             batch_mean = np.add.reduce(x, axis=0, dtype=np.float64) / n
             dev = np.subtract(x, batch_mean, dtype=np.float64)
             batch_var = np.add.reduce(dev * dev, axis=0) / n
+        self.merge(n, batch_mean, batch_var)
+
+    def merge(self, n: float, batch_mean, batch_var) -> None:
+        """Merge the moments of ``n`` more samples (their mean and population variance) into the statistics."""
         count, total = self.count, self.count + n
         delta = batch_mean - self.mean
         self.var = (self.var * count + batch_var * n + delta * delta * (count * n / total)) / total
@@ -47,6 +51,29 @@ class RunningMeanStd:
         as_state = (lambda v: float(v)) if np.ndim(state["mean"]) == 0 else (lambda v: np.array(v, np.float64))
         self.mean, self.var = as_state(state["mean"]), as_state(state["var"])
         self.count = float(state["count"])
+
+
+def env_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each env's mean and population variance over a segment ``x`` [T, n, *shape] (float64, [n, *shape]).
+
+    Computed env by env on a contiguous copy, so an env's figures are the same bits whichever envs
+    share ``x`` with it (a process stepping envs 0-7 and one stepping 0-15 agree on env 3)."""
+    means, variances = [], []
+    for j in range(x.shape[1]):
+        xj = np.ascontiguousarray(x[:, j], dtype=np.float64)
+        mean = np.add.reduce(xj, axis=0) / len(xj)
+        dev = xj - mean
+        means.append(mean)
+        variances.append(np.add.reduce(dev * dev, axis=0) / len(xj))
+    return np.stack(means), np.stack(variances)
+
+
+def pooled_moments(means: np.ndarray, variances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and population variance of the union of equal-sized samples given each one's (rows of ``means``
+    and ``variances``): the parallel combination of Chan et al. for equal counts."""
+    mean = np.add.reduce(means, axis=0) / len(means)
+    dev = means - mean
+    return mean, (np.add.reduce(variances, axis=0) + np.add.reduce(dev * dev, axis=0)) / len(means)
 
 
 class ObsNormalizer:
@@ -63,6 +90,12 @@ class ObsNormalizer:
     def update(self, obs: np.ndarray) -> None:
         if self.enabled and not self.frozen:
             self.rms.update(obs)
+
+    def update_envs(self, steps: int, means: np.ndarray, variances: np.ndarray) -> None:
+        """Update with a rollout given as each env's moments over its ``steps`` observations
+        (:func:`env_moments`, rows in global env order)."""
+        if self.enabled and not self.frozen:
+            self.rms.merge(steps * len(means), *pooled_moments(means, variances))
 
     def normalize(self, obs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The normalised ``obs`` as float32, written into ``out`` when given."""

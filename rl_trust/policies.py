@@ -75,10 +75,15 @@ class DiagGaussian:
         return mean + torch.exp(log_std) * torch.randn_like(mean)
 
     @staticmethod
-    def numpy_sample(params: tuple[np.ndarray, ...], rng: np.random.Generator) -> np.ndarray:
-        """:meth:`sample` in numpy, from ``rng``."""
+    def numpy_noise(rng: np.random.Generator, shape: tuple[int, ...], act_dim: int) -> np.ndarray:
+        """The standard noise :meth:`numpy_sample` turns into ``shape`` actions: N(0, 1), float32."""
+        return rng.standard_normal((*shape, act_dim), dtype=np.float32)
+
+    @staticmethod
+    def numpy_sample(params: tuple[np.ndarray, ...], noise: np.ndarray) -> np.ndarray:
+        """:meth:`sample` in numpy, from :meth:`numpy_noise`'s ``noise``."""
         mean, std = params[0], np.exp(params[1])
-        return mean + std * rng.standard_normal(mean.shape, dtype=mean.dtype)
+        return mean + std * noise
 
     @staticmethod
     def mode(params: Params) -> Tensor:
@@ -128,10 +133,15 @@ class Categorical:
         return torch.multinomial(torch.softmax(logits.reshape(-1, logits.shape[-1]), -1), 1).reshape(logits.shape[:-1])
 
     @staticmethod
-    def numpy_sample(params: tuple[np.ndarray, ...], rng: np.random.Generator) -> np.ndarray:
-        """:meth:`sample` in numpy, from ``rng`` (inverse CDF)."""
+    def numpy_noise(rng: np.random.Generator, shape: tuple[int, ...], act_dim: int) -> np.ndarray:
+        """The uniform noise :meth:`numpy_sample` turns into ``shape`` actions: U[0, 1), float32, one per action."""
+        return rng.random((*shape, 1), dtype=np.float32)
+
+    @staticmethod
+    def numpy_sample(params: tuple[np.ndarray, ...], noise: np.ndarray) -> np.ndarray:
+        """:meth:`sample` in numpy, from :meth:`numpy_noise`'s ``noise`` (inverse CDF)."""
         cdf = np.cumsum(np.exp(params[0] - params[0].max(-1, keepdims=True)), -1)
-        u = rng.random((*cdf.shape[:-1], 1), dtype=np.float32) * cdf[..., -1:]
+        u = noise * cdf[..., -1:]
         return np.minimum((u >= cdf).sum(-1), cdf.shape[-1] - 1).astype(np.int64)
 
     @staticmethod
@@ -213,11 +223,17 @@ class NumpyPolicy:
         self.net, self.dist = actor.net, actor.dist
         self.weights = actor.net.numpy_weights()
         self.log_std = actor.log_std.detach().numpy() if actor.continuous else None
+        self.act_dim = 0 if self.log_std is None else len(self.log_std)
 
     def params(self, obs: np.ndarray) -> tuple[np.ndarray, ...]:
         out, _ = self.net.numpy_forward(obs, self.weights)
         return (out,) if self.log_std is None else (out, self.log_std)
 
-    def sample(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Actions for ``obs`` [N, obs_dim] (float32), drawn from ``rng``."""
-        return self.dist.numpy_sample(self.params(obs), rng)
+    def noise(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """Noise for ``shape`` actions from ``rng``, for :meth:`sample` (drawn ahead: the rollout draws a
+        whole segment's per env, from the env's own generator)."""
+        return self.dist.numpy_noise(rng, shape, self.act_dim)
+
+    def sample(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """Actions for ``obs`` [N, obs_dim] (float32) from :meth:`noise` ``[N, ...]``."""
+        return self.dist.numpy_sample(self.params(obs), noise)

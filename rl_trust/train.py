@@ -38,7 +38,8 @@ HPARAM_METRICS = ("eval/mean_return", "eval/std_return", "train/recent_return")
 # Settings that do not change what a run computes: left out of the HParams dashboard.
 _NOT_HYPERPARAMETERS = ("progress", "device", "torch_threads", "checkpoint", "video", "resume", "tuned",
                         "optimized_metric", "rollout.workers", "rollout.learner_envs", "rollout.overlap_critic",
-                        "rollout.worker_timeout_s", "max_nonfinite_updates", "eval_episodes")
+                        "rollout.worker_timeout_s", "rollout.backend", "ray", "max_nonfinite_updates",
+                        "eval_episodes")
 
 
 def hyperparameters(cfg: DictConfig) -> dict[str, float | int | str | bool]:
@@ -145,7 +146,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None 
         collector = Collector(
             envs, actor, ObsNormalizer(obs_shape, enabled=cfg.env.normalize_obs, clip=cfg.env.obs_clip),
             RewardScaler(num_envs, cfg.gamma, enabled=cfg.env.normalize_reward, clip=cfg.env.reward_clip),
-            rollout.steps_per_env, seed=cfg.seed)
+            rollout.steps_per_env, seed=cfg.seed, obs_stats=rollout.obs_stats)
         policy_hint, critic_hint = _hints(cfg)
         guards = {"policy": Guard("policy", [actor, updater], policy_hint, cfg.max_nonfinite_updates),
                   # explained variance is of the values before the update (NaN for constant returns)

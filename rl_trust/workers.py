@@ -127,10 +127,13 @@ def _step_arrays(num_envs: int, obs_space: gym.Space) -> tuple[np.ndarray, ...]:
 
 
 class InProcessEnvs:
-    """An :class:`~rl_trust.envs.EnvGroup` (SAME_STEP autoreset) behind the :class:`StepResult` interface."""
+    """An :class:`~rl_trust.envs.EnvGroup` (SAME_STEP autoreset) behind the :class:`StepResult` interface;
+    ``first_env``: the global index of its first env (a Ray actor's slice), which seeds by global index."""
 
-    def __init__(self, env_id: str, num_envs: int, env_kwargs: dict | None = None, groups: int = 1):
+    def __init__(self, env_id: str, num_envs: int, env_kwargs: dict | None = None, groups: int = 1,
+                 first_env: int = 0):
         self.groups = group_bounds(num_envs, groups)
+        self.first_env = first_env
         self.envs = EnvGroup(env_id, num_envs, **(env_kwargs or {}))
         self.num_envs = num_envs
         self.single_observation_space = self.envs.single_observation_space
@@ -139,7 +142,7 @@ class InProcessEnvs:
         self._pending: list[np.ndarray | None] = [None] * len(self.groups)
 
     def reset(self, seed: int | None) -> np.ndarray:
-        return self.envs.reset(seed=seed)
+        return self.envs.reset(seed=seed, ids=range(self.first_env, self.first_env + self.num_envs))
 
     def step(self, actions: np.ndarray) -> StepResult:
         """Step every env."""

@@ -87,7 +87,8 @@ def places(tmp_path_factory):
     torch.save({"weights": torch.zeros(2)}, buf)
     payload = buf.getvalue()
     (files / "no_config.pt").write_bytes(
-        b"RL_TRUST-CHECKPOINT 1 %d %s\n" % (len(payload), hashlib.sha256(payload).hexdigest().encode()) + payload)
+        b"RL_TRUST-CHECKPOINT %d %d %s\n" % (checkpoint.VERSION, len(payload),
+                                             hashlib.sha256(payload).hexdigest().encode()) + payload)
     events_dir = files / "events_dir"
     events_dir.mkdir()
     (events_dir / "events.out.tfevents.1.host.1.0").write_bytes(b"\x00garbage that is not a record" * 10)

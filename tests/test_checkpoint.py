@@ -37,7 +37,7 @@ def test_round_trip_and_mode(tmp_path):
     (lambda b: b"hello, I am a text file\n", "not an rl_trust checkpoint"),
     (lambda b: b[:200] + bytes(x ^ 0xFF for x in b[200:204]) + b[204:], "corrupt"),
     (lambda b: b[:-1] + bytes([b[-1] ^ 1]), "corrupt"),
-    (lambda b: b.replace(b"RL_TRUST-CHECKPOINT 1", b"RL_TRUST-CHECKPOINT 9", 1), "format 9"),
+    (lambda b: b.replace(b"RL_TRUST-CHECKPOINT %d" % checkpoint.VERSION, b"RL_TRUST-CHECKPOINT 9", 1), "format 9"),
     (lambda b: b.split(b"\n", 1)[0][:-3] + b"\n" + b.split(b"\n", 1)[1], "corrupt"),
 ])
 def test_damaged_files_are_refused_with_one_line(tmp_path, damage, message):
@@ -56,7 +56,8 @@ def test_foreign_files_are_refused(tmp_path):
     buf = io.BytesIO()
     torch.save([1, 2], buf)  # a valid header and checksum around something that is not a run's state
     payload = buf.getvalue()
-    header = b"RL_TRUST-CHECKPOINT 1 %d %s\n" % (len(payload), hashlib.sha256(payload).hexdigest().encode())
+    digest = hashlib.sha256(payload).hexdigest().encode()
+    header = b"RL_TRUST-CHECKPOINT %d %d %s\n" % (checkpoint.VERSION, len(payload), digest)
     (tmp_path / "list.pt").write_bytes(header + payload)
     with pytest.raises(CheckpointError, match="holds a list"):
         checkpoint.load(tmp_path / "list.pt")

@@ -113,7 +113,7 @@ def test_numpy_policy_matches_the_actor(activation, space):
     for a, b in zip(policy.params(obs), params, strict=True):
         np.testing.assert_allclose(np.broadcast_to(a, b.shape), b.detach().numpy(), rtol=1e-5, atol=1e-6)
     n = 4000
-    actions = np.stack([policy.sample(obs, rng) for _ in range(n)])  # [n, 6, ...]
+    actions = np.stack([policy.sample(obs, policy.noise(rng, (6,))) for _ in range(n)])  # [n, 6, ...]
     if isinstance(space, gym.spaces.Box):
         mean, log_std = (p.detach().numpy() for p in params)
         assert actions.dtype == np.float32 and actions.shape == (n, 6, 3)

@@ -8,7 +8,7 @@ from rl_trust.envs import EnvGroup, make_vec_env
 from rl_trust.errors import ConfigError
 from rl_trust.normalization import ObsNormalizer, RewardScaler
 from rl_trust.policies import Actor
-from rl_trust.rollout import Collector
+from rl_trust.rollout import Collector, env_generators
 from rl_trust.workers import InProcessEnvs, ParallelEnvs, StepResult, group_bounds, resolve_learner_envs, split_envs
 
 
@@ -191,17 +191,21 @@ def test_env_group_steps_exactly_like_gymnasium_same_step_sync_vector_env(env_id
     ref.close()
 
 
-def _reference_collect(envs, actor, obs_norm, reward_scaler, obs, rng, T, ep_return, groups):
-    """The rollout written plainly: per step, each env group in turn: act, step, record (no pipelining)."""
+def _reference_collect(envs, actor, obs_norm, reward_scaler, raw, rngs, T, ep_return, groups):
+    """The rollout written plainly: per step, each env group in turn: act (each env's noise from its own
+    generator, one step at a time), step, record (no pipelining); then the observation statistics take the
+    rollout's observations in and rewards are scaled, step by step over every env."""
     policy = actor.numpy_policy()
     out = {k: [] for k in ("obs", "next_obs", "actions", "rewards", "terminated", "truncated")}
-    returns = []
+    returns, reached = [], []
     space = envs.single_action_space
     for _ in range(T):
-        obs = obs.copy()
+        obs = obs_norm.normalize(raw)
         row = {k: [] for k in out}
+        raw = raw.copy()
         for sl in groups:
-            action = policy.sample(obs[sl], rng)
+            noise = np.stack([policy.noise(rngs[i], ()) for i in range(*sl.indices(envs.num_envs))])
+            action = policy.sample(obs[sl], noise)
             actions = np.zeros((envs.num_envs, *action.shape[1:]), action.dtype)
             actions[sl] = action
             # Every env steps (the reference env set is whole); only this group's results are used,
@@ -212,17 +216,23 @@ def _reference_collect(envs, actor, obs_norm, reward_scaler, obs, rng, T, ep_ret
             ep_return[sl] += res.rewards
             returns += ep_return[sl][done].tolist()
             ep_return[sl][done] = 0
-            obs_norm.update(res.obs)
             row["obs"].append(obs[sl].copy())
             row["next_obs"].append(obs_norm.normalize(res.final_obs))
             row["actions"].append(action)
-            row["rewards"].append(reward_scaler(res.rewards, done, envs=sl))
+            row["rewards"].append(res.rewards)
             row["terminated"].append(res.terminated)
             row["truncated"].append(res.truncated)
-            obs[sl] = obs_norm.normalize(res.obs)
+            raw[sl] = res.obs
+        reached.append(raw)
         for k, v in row.items():
             out[k].append(np.concatenate(v))
-    return {k: np.stack(v) for k, v in out.items()}, returns, obs
+    out = {k: np.stack(v) for k, v in out.items()}
+    reached = np.stack(reached)  # [T, N, D]
+    per_env = [np.ascontiguousarray(reached[:, j]) for j in range(envs.num_envs)]
+    obs_norm.update_envs(T, np.stack([x.mean(0) for x in per_env]), np.stack([x.var(0) for x in per_env]))
+    done = out["terminated"] | out["truncated"]
+    out["rewards"] = np.stack([reward_scaler(r, d) for r, d in zip(out["rewards"], done, strict=True)])
+    return out, returns, raw
 
 
 class _PlainEnvs:
@@ -263,18 +273,19 @@ def test_pipelined_collect_equals_the_plain_loop(env_id, obs_dim, groups):
     actor = Actor(obs_dim, envs.single_action_space, PolicyConfig(hidden=[8], activation="tanh"))
     worker = Collector(envs, actor, ObsNormalizer((obs_dim,)), RewardScaler(3, 0.99), steps_per_env=60, seed=0)
     ref_norm, ref_scaler = ObsNormalizer((obs_dim,)), RewardScaler(3, 0.99)
-    ref_obs = ref_norm(ref_envs.reset(seed=0))
-    rng, ep_return = np.random.Generator(np.random.PCG64(0)), np.zeros(3)
+    ref_obs = ref_envs.reset(seed=0).astype(np.float64)
+    ref_norm.update(ref_obs)
+    rngs, ep_return = env_generators(0, range(3)), np.zeros(3)
     slices = [slice(lo, hi) for lo, hi in envs.groups]
     assert len(slices) == groups
     for _ in range(2):
         batch, stats = worker.collect()
-        ref, ref_returns, ref_obs = _reference_collect(ref_envs, actor, ref_norm, ref_scaler, ref_obs, rng, 60,
+        ref, ref_returns, ref_obs = _reference_collect(ref_envs, actor, ref_norm, ref_scaler, ref_obs, rngs, 60,
                                                        ep_return, slices)
         assert batch.terminated.any() or batch.truncated.any()
         for key, value in ref.items():
             np.testing.assert_array_equal(getattr(batch, key).numpy(), value, err_msg=key)
         assert stats.returns == ref_returns
-        np.testing.assert_array_equal(worker.obs, ref_obs)
+        np.testing.assert_array_equal(worker.raw_obs, ref_obs)
     envs.close()
     ref_envs.close()
