@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -407,8 +408,10 @@ def validate(cfg: DictConfig) -> None:
 
 def _check_ray(cfg: DictConfig) -> None:
     address = cfg.ray.address
-    _require(address is None or (isinstance(address, str) and address.strip() != ""), "ray.address", address,
-             "null (a local Ray for the run), auto (the cluster this machine joined) or host:port / ray://host:port")
+    _require(address is None or address == "auto" or (
+        isinstance(address, str) and re.fullmatch(r"(ray://)?[^\s:/]+:\d{1,5}", address) is not None), "ray.address",
+             address, "null (a local Ray for the run), auto (the cluster this machine joined) or host:port / "
+             "ray://host:port")
     positive(cfg, "ray.num_cpus_per_actor")
     value = cfg.ray.max_restarts
     _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, "ray.max_restarts", value,

@@ -51,15 +51,17 @@ def make_env(env_id: str, **env_kwargs) -> gym.Env:
                           ) from None
 
 
-def check_env(env_id: str, env_kwargs: dict) -> None:
+def check_env(env_id: str, env_kwargs: dict) -> tuple[gym.Space, gym.Space]:
     """Make, reset and step one ``env_id`` env in this process, so that a bad ``env.kwargs`` value (one the
-    constructor accepts and the first step trips over) is one line here rather than a worker's traceback."""
+    constructor accepts and the first step trips over) is one line here rather than a worker's traceback.
+    Returns its observation and action spaces."""
     env = make_env(env_id, **env_kwargs)
     try:
         _check_spaces(env_id, env.observation_space, env.action_space, env.close)
         env.action_space.seed(0)
         env.reset(seed=0)
         env.step(env.action_space.sample())
+        return env.observation_space, env.action_space
     except ConfigError:
         raise
     except Exception as e:

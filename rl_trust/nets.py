@@ -34,13 +34,15 @@ ACTIVATIONS: dict[str, Activation] = {
 }
 
 
-def forward(x, weights: list[tuple[Any, Any]], act: Activation, xp) -> tuple[Any, list[Any]]:
+def forward(x, weights: list[tuple[Any, Any]], act: Activation, xp, rowwise: bool = False) -> tuple[Any, list[Any]]:
     """The network's output for ``x`` [B, in] and each layer's input (what :func:`backward` needs).
-    ``weights``: (weight [out, in], bias [out]) per layer."""
+    ``weights``: (weight [out, in], bias [out]) per layer. ``rowwise``: each row's product taken alone (a
+    stacked matmul), so a row's output is the same bits whatever batch it is in (BLAS picks its kernels by
+    the batch's size, and their roundings differ)."""
     inputs = [x]
     h = x
     for i, (w, b) in enumerate(weights):
-        h = h @ w.T
+        h = xp.matmul(h[:, None, :], w.T)[:, 0] if rowwise else h @ w.T
         h += b
         if i < len(weights) - 1:
             h = act.fn(h, xp)
@@ -134,10 +136,11 @@ class MLP(nn.Module):
         so the views stay current."""
         return [(w.detach().numpy(), b.detach().numpy()) for w, b in self.weights()]
 
-    def numpy_forward(self, x: np.ndarray, weights: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, list]:
+    def numpy_forward(self, x: np.ndarray, weights: list[tuple[np.ndarray, np.ndarray]],
+                      rowwise: bool = False) -> tuple[np.ndarray, list]:
         """:meth:`forward` in numpy (for a handful of observations numpy's per-call cost is a fraction
-        of torch's): the output and each layer's input."""
-        return forward(x, weights, self.act, np)
+        of torch's): the output and each layer's input (``rowwise``: see :func:`forward`)."""
+        return forward(x, weights, self.act, np, rowwise)
 
     def numpy_backward(self, grad_out: np.ndarray, weights: list, inputs: list) -> list[np.ndarray]:
         return backward(grad_out, weights, derivatives(inputs, self.act, np), inputs)

@@ -226,7 +226,7 @@ class NumpyPolicy:
         self.act_dim = 0 if self.log_std is None else len(self.log_std)
 
     def params(self, obs: np.ndarray) -> tuple[np.ndarray, ...]:
-        out, _ = self.net.numpy_forward(obs, self.weights)
+        out, _ = self.net.numpy_forward(obs, self.weights, rowwise=True)  # the same actions whatever the env split
         return (out,) if self.log_std is None else (out, self.log_std)
 
     def noise(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:

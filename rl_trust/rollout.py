@@ -175,6 +175,13 @@ class Collector:
         return Segment(self._obs, self._next_obs, self._actions, self._rewards, self._terminated, self._truncated,
                        self._episode_returns, self._episode_lengths, means, variances)
 
+    def close(self) -> None:
+        self.envs.close()
+
+    def metrics(self) -> dict[str, float]:
+        """The sampler's own metrics (none here; a Ray sampler counts restarted actors)."""
+        return {}
+
     def _send(self, policy, t: int, g: int, sl: slice) -> None:
         """Sample actions for group ``g`` on ``self._obs[t, sl]``, record them as step t's, send them."""
         action = policy.sample(self._obs[t, sl], self._noise[t, sl])

@@ -12,10 +12,11 @@ from rl_trust.config import typed
 from rl_trust.errors import ConfigError
 
 # Overrides a resume may change: none of them changes what is computed (batches do not depend on the
-# worker split or the critic's overlap, docs/benchmarks.md; checkpoints are taken at iteration boundaries;
+# worker split, the backend or the critic's overlap, docs/benchmarks.md; checkpoints are taken at iteration boundaries;
 # videos only watch the policy).
 RESUME_KEYS = ("total_steps", "progress", "checkpoint.every_steps", "checkpoint.keep", "rollout.workers",
-               "rollout.learner_envs", "rollout.overlap_critic", "rollout.worker_timeout_s", "video.every_steps",
+               "rollout.learner_envs", "rollout.overlap_critic", "rollout.worker_timeout_s", "rollout.backend",
+               "ray.address", "ray.num_cpus_per_actor", "ray.max_restarts", "video.every_steps",
                "video.length", "video.width", "video.height", "video.tensorboard", "optimized_metric")
 GROUPS = ("algo", "env", "tuned", "hparams_search")  # config groups: a resume continues with the run's own choices
 

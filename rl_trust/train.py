@@ -125,28 +125,19 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None 
     steps_per_update = num_envs * rollout.steps_per_env
     num_updates = cfg.total_steps // steps_per_update
     total = num_updates * steps_per_update
-    check_env(cfg.env.id, dict(cfg.env.kwargs))
-    workers = resolve_workers(rollout.workers, num_envs)
-    groups = resolve_env_groups(rollout.env_groups, num_envs)
-    learner_envs = resolve_learner_envs(rollout.learner_envs, num_envs, workers, groups, rollout.overlap_critic)
+    obs_space, action_space = check_env(cfg.env.id, dict(cfg.env.kwargs))
+    if len(obs_space.shape) != 1:
+        raise ConfigError(f"env.id={cfg.env.id!r} has observation shape {obs_space.shape}; MLP policies need 1-D")
     with contextlib.ExitStack() as outer, contextlib.ExitStack() as stack:  # outer: the logger, open to the end
         # numpy only does small products here (the per-step policy, the critic's minibatches), where a
         # second BLAS thread costs more than it gives and spins on the cores the workers step envs on.
         stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
-        envs = make_envs(cfg.env.id, num_envs, workers, dict(cfg.env.kwargs), learner_envs, groups,
-                         timeout_s=rollout.worker_timeout_s)
-        stack.callback(envs.close)  # also on error: worker processes end with the run
-        obs_shape = envs.single_observation_space.shape
-        if len(obs_shape) != 1:
-            raise ConfigError(f"env.id={cfg.env.id!r} has observation shape {obs_shape}; MLP policies need 1-D")
-        actor = Actor(obs_shape[0], envs.single_action_space, OmegaConf.to_object(cfg.policy))
-        critic = Critic(obs_shape[0], OmegaConf.to_object(cfg.critic), total_updates=num_updates, device=device,
-                        seed=cfg.seed + 1)
+        actor = Actor(obs_space.shape[0], action_space, OmegaConf.to_object(cfg.policy))
+        critic = Critic(obs_space.shape[0], OmegaConf.to_object(cfg.critic), total_updates=num_updates,
+                        device=device, seed=cfg.seed + 1)
         updater = make_updater(cfg.algo, actor, total_updates=num_updates, seed=cfg.seed + 2)
-        collector = Collector(
-            envs, actor, ObsNormalizer(obs_shape, enabled=cfg.env.normalize_obs, clip=cfg.env.obs_clip),
-            RewardScaler(num_envs, cfg.gamma, enabled=cfg.env.normalize_reward, clip=cfg.env.reward_clip),
-            rollout.steps_per_env, seed=cfg.seed, obs_stats=rollout.obs_stats)
+        collector = _sampler(cfg, actor, obs_space.shape)
+        stack.callback(collector.close)  # also on error: worker processes and actors end with the run
         policy_hint, critic_hint = _hints(cfg)
         guards = {"policy": Guard("policy", [actor, updater], policy_hint, cfg.max_nonfinite_updates),
                   # explained variance is of the values before the update (NaN for constant returns)
@@ -215,7 +206,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None 
                     result = updater.update(batch)
                 except FloatingPointError:
                     result = None
-                metrics = guards["policy"].end(result, global_step) | episode_metrics(episodes)
+                metrics = guards["policy"].end(result, global_step) | episode_metrics(episodes) | collector.metrics()
                 guards["critic"].begin()
                 job = critic.start_update(batch)
                 due = checkpointer.due(previous_step, global_step) and global_step < total
@@ -246,6 +237,31 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None 
         logger.hparams(hyperparameters(cfg), {k: result[k] for k in HPARAM_METRICS}, global_step)
         checkpoint.write_bytes(out_dir / "metrics.json", json.dumps(result, indent=2).encode())
     return result
+
+
+def _sampler(cfg: DictConfig, actor: Actor, obs_shape: tuple[int, ...]):
+    """The run's sampler: a Collector over local envs (in process or shared-memory workers) or a RaySampler."""
+    num_envs, rollout = cfg.env.num_envs, cfg.rollout
+    obs_norm = ObsNormalizer(obs_shape, enabled=cfg.env.normalize_obs, clip=cfg.env.obs_clip)
+    reward_scaler = RewardScaler(num_envs, cfg.gamma, enabled=cfg.env.normalize_reward, clip=cfg.env.reward_clip)
+    if rollout.backend == "ray":
+        from rl_trust.ray_sampler import RaySampler
+
+        return RaySampler(cfg.env.id, dict(cfg.env.kwargs), num_envs, rollout.workers, rollout.steps_per_env,
+                          cfg.seed, actor, OmegaConf.to_object(cfg.policy), obs_norm, reward_scaler,
+                          address=cfg.ray.address, num_cpus_per_actor=cfg.ray.num_cpus_per_actor,
+                          max_restarts=cfg.ray.max_restarts, timeout_s=rollout.worker_timeout_s)
+    workers = resolve_workers(rollout.workers, num_envs)
+    groups = resolve_env_groups(rollout.env_groups, num_envs)
+    learner_envs = resolve_learner_envs(rollout.learner_envs, num_envs, workers, groups, rollout.overlap_critic)
+    envs = make_envs(cfg.env.id, num_envs, workers, dict(cfg.env.kwargs), learner_envs, groups,
+                     timeout_s=rollout.worker_timeout_s)
+    try:
+        return Collector(envs, actor, obs_norm, reward_scaler, rollout.steps_per_env, seed=cfg.seed,
+                         obs_stats=rollout.obs_stats)
+    except BaseException:
+        envs.close()
+        raise
 
 
 def _restore(state: dict, cfg: DictConfig, device: torch.device, actor, critic, updater, collector, guards) -> int:

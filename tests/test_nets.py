@@ -68,6 +68,22 @@ def test_mlp_forward_backward_jvp_match_autograd(activation, dtype):
     np_grads = net.numpy_backward(grad_out.numpy(), weights, inputs)
     for g, r in zip(np_grads, ref_grads, strict=True):
         torch.testing.assert_close(torch.from_numpy(np.asarray(g)), r, **tol)
+    rowwise, _ = net.numpy_forward(x.numpy(), weights, rowwise=True)
+    torch.testing.assert_close(torch.from_numpy(np.asarray(rowwise)), out, **tol)
+
+
+@pytest.mark.parametrize("width", [6, 64])
+def test_rowwise_numpy_forward_does_not_depend_on_the_batch(width):
+    """The rollout's policy query: a row's output is the same bits in any batch (plain BLAS products are
+    not: their kernels change with the batch's size)."""
+    torch.manual_seed(0)
+    net = MLP([17, 64, width], "tanh")
+    weights = net.numpy_weights()
+    x = np.random.default_rng(0).standard_normal((16, 17)).astype(np.float32)
+    whole, _ = net.numpy_forward(x, weights, rowwise=True)
+    for lo in range(16):
+        for hi in range(lo + 1, 17):
+            np.testing.assert_array_equal(net.numpy_forward(x[lo:hi], weights, rowwise=True)[0], whole[lo:hi])
 
 
 def test_leading_dimensions():

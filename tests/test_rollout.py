@@ -88,11 +88,11 @@ def test_unsupported_action_space_is_rejected():
         make_vec_env("rl_trust_test/Tuple-v0", 1)
 
 
-def _collect(envs, seed=0):
+def _collect(envs, seed=0, obs_stats="rollout"):
     torch.manual_seed(seed)
     actor = Actor(17, envs.single_action_space, PolicyConfig(hidden=[16], activation="tanh"))
     worker = Collector(envs, actor, ObsNormalizer((17,)), RewardScaler(envs.num_envs, 0.99), steps_per_env=40,
-                           seed=seed)
+                       seed=seed, obs_stats=obs_stats)
     try:
         return [worker.collect()[0] for _ in range(2)]
     finally:
@@ -112,6 +112,22 @@ def test_worker_processes_give_the_same_batches_as_in_process(groups, workers, l
     for a, b in zip(ref, par, strict=True):
         for name, x in a.flat().items():
             assert torch.equal(x, b.flat()[name]), name
+
+
+def test_batches_do_not_depend_on_env_groups():
+    """rollout.obs_stats=rollout: statistics frozen for the rollout and rewards scaled over every env, so
+    env_groups (a speed setting) changes nothing; with per-step statistics it does."""
+    kwargs = {"max_episode_steps": 30}
+    ref = _collect(InProcessEnvs("HalfCheetah-v5", 5, env_kwargs=kwargs, groups=1), seed=3)
+    for groups, workers in [(2, 0), (3, 0), (2, 2)]:
+        envs = (InProcessEnvs("HalfCheetah-v5", 5, env_kwargs=kwargs, groups=groups) if workers == 0 else
+                ParallelEnvs("HalfCheetah-v5", 5, workers=workers, env_kwargs=kwargs, groups=groups))
+        for a, b in zip(ref, _collect(envs, seed=3), strict=True):
+            for name, x in a.flat().items():
+                assert torch.equal(x, b.flat()[name]), (groups, workers, name)
+    one, two = (_collect(InProcessEnvs("HalfCheetah-v5", 5, env_kwargs=kwargs, groups=g), seed=3, obs_stats="step")
+                for g in (1, 2))
+    assert not torch.equal(one[1].obs, two[1].obs)
 
 
 @pytest.mark.parametrize("num_envs, groups, workers, learner_envs", [
