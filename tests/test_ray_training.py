@@ -60,3 +60,21 @@ def test_a_restarted_actor_collects_its_segment_again(tmp_path):
     assert restarts[0] == 0 and restarts[-1] == 1, restarts
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["train/global_step"] == 1024
     assert not ray_processes()
+
+
+def test_a_local_run_resumed_on_ray_is_the_uninterrupted_run(tmp_path):
+    """The collector's state is per env, so a checkpoint of a local run continues on Ray bit for bit."""
+    from test_resume import BATCH, deterministic_metrics, final_state, interrupt_at, resumable
+
+    from rl_trust import checkpoint
+
+    reference = tmp_path / "reference"
+    run(resumable("ppo", "rollout.workers=1"), reference)
+    resumed = interrupt_at(reference, 2 * BATCH, tmp_path / "resumed")
+    state, _, _ = checkpoint.load_latest(resumed)
+    run(resumable("ppo", "rollout.backend=ray", "rollout.workers=2"), resumed, resume=state)
+    assert deterministic_metrics(resumed) == deterministic_metrics(reference)
+    differences = checkpoint.differences(final_state(resumed), final_state(reference))
+    assert differences and all(d.startswith(("state.config.rollout.backend", "state.config.rollout.workers"))
+                               for d in differences), differences
+    assert not ray_processes()
