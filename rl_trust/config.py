@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from rl_trust.errors import ConfigError
 from rl_trust.nets import ACTIVATIONS
@@ -209,6 +211,55 @@ class Config:
 
 
 ALGO_SCHEMAS: dict[str, type] = {"ppo": PPOConfig, "trpo": TRPOConfig, "kl_penalty": KLPenaltyConfig}
+CUSTOM = "custom"  # algo=custom algo._target_=package.Class: a user's own updater (docs/extending.md)
+_UPDATER_METHODS = ("update", "state_dict", "load_state_dict")
+
+
+def updater_class(target: Any) -> type:
+    """The updater class ``algo._target_`` names (``package.module.Class``): importable, with the Updater
+    methods and a ``Config`` dataclass of its settings; else a ConfigError naming the key."""
+    module, _, name = target.rpartition(".") if isinstance(target, str) else ("", "", "")
+    if not module or not name:
+        raise ConfigError(f"algo._target_={_fmt(target)} is invalid: a dotted path to a class, package.module.Class")
+    try:
+        cls = getattr(importlib.import_module(module), name, None)
+    except ImportError as e:
+        raise ConfigError(f"algo._target_={target}: cannot import {module!r} ({e}); is it installed or on "
+                          "PYTHONPATH?") from None
+    if not isinstance(cls, type):
+        raise ConfigError(f"algo._target_={target}: {module} has no class {name!r}")
+    missing = [m for m in _UPDATER_METHODS if not callable(getattr(cls, m, None))]
+    if missing:
+        raise ConfigError(f"algo._target_={target}: {name} lacks {', '.join(missing)} (the Updater interface, "
+                          "docs/extending.md)")
+    if not (isinstance(getattr(cls, "Config", None), type) and dataclasses.is_dataclass(cls.Config)):
+        raise ConfigError(f"algo._target_={target}: {name} has no Config dataclass of its settings "
+                          "(docs/extending.md)")
+    return cls
+
+
+def updater_settings(algo: DictConfig) -> tuple[type, Any]:
+    """A custom updater's class and its settings: the ``algo`` keys (but ``name`` and ``_target_``) as its
+    ``Config`` dataclass, each key checked to be a field and each value against the field's type."""
+    if OmegaConf.is_missing(algo, "_target_"):
+        raise ConfigError("algo._target_ is missing: algo=custom needs the updater's class, e.g. "
+                          "algo._target_=my_package.MyUpdater (docs/extending.md)")
+    cls = updater_class(algo._target_)
+    keys = sorted(f.name for f in dataclasses.fields(cls.Config))
+    given = {k: v for k, v in algo.items() if k not in ("name", "_target_")}
+    for key in given:
+        if key not in keys:
+            close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join('algo.' + c for c in close)}? " if close else ""
+            raise ConfigError(f"algo.{key} is not a setting of {algo._target_} ({hint}its Config has "
+                              f"{', '.join(keys)})")
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(cls.Config), given)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(f"algo.{key}={_fmt(given.get(key))} is invalid for {algo._target_}: "
+                          f"{str(e).splitlines()[0]}") from None
+    return cls, OmegaConf.to_object(node)
 # dataclasses.fields gives the annotations as strings (from __future__ import annotations)
 _DATACLASSES: dict[str, type] = {cls.__name__: cls for cls in (
     EnvConfig, RolloutConfig, RayConfig, PolicyConfig, CriticConfig, CheckpointConfig, VideoConfig, TunedConfig)}
@@ -219,7 +270,8 @@ def typed(container: dict) -> DictConfig:
     data = dict(container)
     algo = data.pop("algo")
     cfg = OmegaConf.merge(OmegaConf.structured(Config), data)
-    cfg.algo = OmegaConf.merge(OmegaConf.structured(ALGO_SCHEMAS[algo["name"]]), algo)
+    cfg.algo = (OmegaConf.create(algo) if algo["name"] == CUSTOM else
+                OmegaConf.merge(OmegaConf.structured(ALGO_SCHEMAS[algo["name"]]), algo))
     return cfg
 
 
@@ -248,6 +300,9 @@ def check_keys(cfg: DictConfig) -> None:
     one) would otherwise be silently ignored. The algo section must be the one its name says."""
     algo_keys = set(OmegaConf.select(cfg, "algo").keys())
     name = cfg.algo.name
+    if name == CUSTOM:  # its keys are its class's (updater_settings)
+        _check_node(cfg, Config, "")
+        return
     expected = {f.name for f in dataclasses.fields(ALGO_SCHEMAS[name])}
     if algo_keys != expected:
         owner = next((n for n, sch in ALGO_SCHEMAS.items() if {f.name for f in dataclasses.fields(sch)} == algo_keys),
@@ -290,6 +345,8 @@ def _check_node(node: DictConfig, schema: type, prefix: str) -> None:
         if key not in fields:
             raise unknown_key(full, sorted(fields))
         if full in _FREE_FORM:
+            continue
+        if full == "algo" and node[key].name == CUSTOM:
             continue
         sub = ALGO_SCHEMAS[node[key].name] if full == "algo" else fields[key].type
         sub = _DATACLASSES.get(sub, sub) if isinstance(sub, str) else sub
@@ -336,7 +393,8 @@ def _count(cfg: DictConfig, key: str, low: int, high: int, bounds: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check every value range and cross-field constraint; raise ConfigError naming the key."""
     algo = OmegaConf.select(cfg, "algo.name")
-    _require(algo in ALGO_SCHEMAS, "algo", algo, f"allowed: {', '.join(sorted(ALGO_SCHEMAS))}")
+    _require(algo in ALGO_SCHEMAS or algo == CUSTOM, "algo", algo,
+             f"allowed: {', '.join(sorted(ALGO_SCHEMAS))}, or custom with algo._target_ (docs/extending.md)")
     check_keys(cfg)
     _require(cfg.device in DEVICES, "device", cfg.device, f"allowed: {', '.join(DEVICES)}")
     tuned = cfg.tuned
@@ -403,7 +461,12 @@ def validate(cfg: DictConfig) -> None:
              f"0 (the whole batch) or a divisor of the batch size env.num_envs * rollout.steps_per_env = {batch}")
     _require(cfg.total_steps >= batch, "total_steps", cfg.total_steps,
              f"must be at least one batch (env.num_envs * rollout.steps_per_env = {batch})")
-    VALIDATORS[algo](cfg, batch)
+    if algo == CUSTOM:
+        cls, settings = updater_settings(cfg.algo)
+        if callable(getattr(cls, "validate", None)):  # its own value checks, raising ConfigError
+            cls.validate(settings, batch)
+    else:
+        VALIDATORS[algo](cfg, batch)
 
 
 def _check_ray(cfg: DictConfig) -> None:

@@ -100,8 +100,12 @@ def _hints(cfg: DictConfig) -> tuple[str, str]:
     """What most likely makes the policy's or the critic's updates non-finite, in the run's settings."""
     env = "or non-finite observations or rewards from the env"
     again = "(a new run with a smaller value; resume would repeat this run exactly)"
-    policy = (f"too large a trust region (algo.max_kl={cfg.algo.max_kl}) {again}, {env}" if cfg.algo.name == "trpo"
-              else f"too large a learning rate (algo.lr={cfg.algo.lr}) {again}, {env}")
+    if cfg.algo.name == "trpo":
+        policy = f"too large a trust region (algo.max_kl={cfg.algo.max_kl}) {again}, {env}"
+    elif "lr" in cfg.algo:
+        policy = f"too large a learning rate (algo.lr={cfg.algo.lr}) {again}, {env}"
+    else:
+        policy = f"too large a step in the updater's settings (algo.*) {again}, {env}"
     optim = cfg.critic.optim if isinstance(cfg.critic.optim, str) else cfg.critic.optim.get("_target_")
     lr = cfg.critic.lr if cfg.critic.lr is not None else PRESETS.get(optim, {}).get("lr", "its default")
     return policy, f"too large a critic step (critic.optim={optim}, critic.lr={lr}) {again}, {env}"
