@@ -159,6 +159,25 @@ class KLPenaltyConfig:
 
 
 @dataclass
+class ProjectionConfig:
+    name: str = "projection"
+    projection: str = "kl"  # kl | w2 | frobenius (rl_trust/updaters/projection.py)
+    mean_bound: float = 0.03  # per state, on the mean part of the distance
+    cov_bound: float = 0.001  # per state, on the covariance part
+    regression_coef: float = 10.0  # pulls the network's own output towards its projection
+    lr: float = 3e-4
+    epochs: int = 10
+    minibatch_size: int = 64
+    ent_coef: float = 0.0
+    # Entropy control: per action dimension, a lower bound on the projected policy's entropy that falls
+    # linearly from the first policy's to this over the run; null: none.
+    entropy_final: float | None = None
+    max_grad_norm: float | None = 0.5
+    normalize_advantages: bool = True
+    lr_anneal: bool = True
+
+
+@dataclass
 class CheckpointConfig:
     every_steps: int = 100_000  # environment steps between checkpoints (at iteration boundaries); 0: the final one only
     keep: int = 3  # periodic checkpoints kept (the newest); the final one is kept as checkpoint.pt
@@ -210,7 +229,8 @@ class Config:
     optimized_metric: str = "eval/mean_return"
 
 
-ALGO_SCHEMAS: dict[str, type] = {"ppo": PPOConfig, "trpo": TRPOConfig, "kl_penalty": KLPenaltyConfig}
+ALGO_SCHEMAS: dict[str, type] = {"ppo": PPOConfig, "trpo": TRPOConfig, "kl_penalty": KLPenaltyConfig,
+                                 "projection": ProjectionConfig}
 CUSTOM = "custom"  # algo=custom algo._target_=package.Class: a user's own updater (docs/extending.md)
 _UPDATER_METHODS = ("update", "state_dict", "load_state_dict")
 
@@ -521,4 +541,17 @@ def _validate_trpo(cfg: DictConfig, batch: int) -> None:
     _require(0.0 < value <= 1.0, "algo.fvp_subsample", value, "must lie in (0, 1]")
 
 
-VALIDATORS = {"ppo": _validate_ppo, "trpo": _validate_trpo, "kl_penalty": _validate_kl_penalty}
+def _validate_projection(cfg: DictConfig, batch: int) -> None:
+    _validate_minibatch_algo(cfg, batch)
+    kinds = ("kl", "w2", "frobenius")  # rl_trust.updaters.projection.PROJECTIONS
+    _require(cfg.algo.projection in kinds, "algo.projection", cfg.algo.projection, f"allowed: {', '.join(kinds)}")
+    for key in ("algo.mean_bound", "algo.cov_bound"):
+        positive(cfg, key)
+    positive(cfg, "algo.regression_coef", allow_zero=True)
+    value = cfg.algo.entropy_final
+    _require(value is None or (isinstance(value, (int, float)) and math.isfinite(value)), "algo.entropy_final",
+             value, "must be a finite number (nats per action dimension) or null")
+
+
+VALIDATORS = {"ppo": _validate_ppo, "trpo": _validate_trpo, "kl_penalty": _validate_kl_penalty,
+              "projection": _validate_projection}

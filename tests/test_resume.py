@@ -56,8 +56,8 @@ def scalars(run_dir):
             for tag in acc.Tags()["scalars"] if tag not in wall_clock}
 
 
-@pytest.mark.parametrize("algo, workers", [("trpo", 0), ("ppo", 0), ("kl_penalty", 0), ("trpo", 1), ("ppo", 1),
-                                           ("kl_penalty", 1)])
+@pytest.mark.parametrize("algo, workers", [("trpo", 0), ("ppo", 0), ("kl_penalty", 0), ("projection", 0), ("trpo", 1),
+                                           ("ppo", 1), ("kl_penalty", 1)])
 def test_resume_from_any_checkpoint_is_bit_exact(tmp_path, algo, workers):
     cfg = resumable(algo, f"rollout.workers={workers}")
     reference = tmp_path / "reference"

@@ -9,9 +9,10 @@ from rl_trust.policies import Actor
 from rl_trust.updaters.base import Updater
 from rl_trust.updaters.kl_penalty import KLPenalty
 from rl_trust.updaters.ppo import PPO
+from rl_trust.updaters.projection import Projection
 from rl_trust.updaters.trpo import TRPO
 
-UPDATERS: dict[str, type] = {"ppo": PPO, "trpo": TRPO, "kl_penalty": KLPenalty}
+UPDATERS: dict[str, type] = {"ppo": PPO, "trpo": TRPO, "kl_penalty": KLPenalty, "projection": Projection}
 
 
 def make_updater(cfg: DictConfig, actor: Actor, *, total_updates: int, seed: int) -> Updater:
