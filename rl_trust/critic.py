@@ -22,6 +22,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "arturo": {"_target_": "rl_trust.optim.Arturo", "lr": 0.01},
     "adam": {"_target_": "torch.optim.Adam", "lr": 1e-3, "eps": 1e-5, "fused": True},
     "sgd": {"_target_": "torch.optim.SGD", "lr": 1e-2, "momentum": 0.9},
+    # Muon on the weight matrices, Adam (adam_lr) on the biases: critic.lr is Muon's
+    "muon": {"_target_": "rl_trust.optim.MuonAdam", "lr": 0.02, "adam_lr": 1e-3},
 }
 
 

@@ -9,16 +9,16 @@ from torch.distributions import MultivariateNormal, kl_divergence
 
 from rl_trust.updaters.projection import PROJECTIONS, cov_distance, mean_distance, project
 
-torch.set_default_dtype(torch.float64)
+F64 = {"dtype": torch.float64}
 MEAN_BOUND, COV_BOUND = 0.03, 0.001
 
 
 def gaussians(n=64, a=3, spread=0.3, seed=0):
     """Old and new per-state Gaussians: some states barely moved (inside), most moved far (outside)."""
     g = torch.Generator().manual_seed(seed)
-    old = (torch.randn(n, a, generator=g), 0.3 * torch.randn(n, a, generator=g))
-    scale = torch.where(torch.arange(n) % 4 == 0, 1e-3, spread).unsqueeze(-1)
-    new = (old[0] + scale * torch.randn(n, a, generator=g), old[1] + scale * torch.randn(n, a, generator=g))
+    old = (torch.randn(n, a, generator=g, **F64), 0.3 * torch.randn(n, a, generator=g, **F64))
+    scale = torch.where(torch.arange(n) % 4 == 0, 1e-3, spread).to(torch.float64).unsqueeze(-1)
+    new = tuple(x + scale * torch.randn(n, a, generator=g, **F64) for x in old)
     return new, old
 
 

@@ -1,5 +1,6 @@
 """Optimizers."""
 
 from rl_trust.optim.arturo import Arturo
+from rl_trust.optim.muon import MuonAdam
 
-__all__ = ["Arturo"]
+__all__ = ["Arturo", "MuonAdam"]

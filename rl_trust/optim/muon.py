@@ -1,0 +1,62 @@
+"""Muon for a network's weight matrices and Adam for its other parameters, as one optimizer.
+
+Muon (Jordan et al. 2024) orthogonalises each 2-D weight's momentum by Newton-Schulz iterations, so
+a step's spectral size is set by the learning rate whatever the gradient's scale; it is meant for
+matrices only, so biases (and any vector) go to Adam, as its authors do. Both steps are torch's own
+(``torch.optim.Muon``, ``torch.optim.Adam``): this class only routes the parameters and keeps the two
+inner optimizers' groups and state in its own, so schedulers, ``state_dict`` and checkpoints see one
+optimizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+class MuonAdam(torch.optim.Optimizer):
+    """``lr``: Muon's, for the 2-D weights; ``adam_lr``: Adam's, for the rest (``adam_lr`` follows
+    ``lr``'s schedule: a scheduler scales both groups alike)."""
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float = 0.02, adam_lr: float = 1e-3,
+                 momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5, weight_decay: float = 0.0,
+                 adam_betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8):
+        if not hasattr(torch.optim, "Muon"):
+            raise ValueError(f"torch {torch.__version__} has no torch.optim.Muon (torch >= 2.9)")
+        for name, value in (("lr", lr), ("adam_lr", adam_lr)):
+            if not value > 0:
+                raise ValueError(f"{name}={value} must be > 0")
+        params = list(params)
+        matrices = [p for p in params if p.ndim == 2]
+        others = [p for p in params if p.ndim != 2]
+        groups = [g for g in ({"params": matrices, "lr": lr}, {"params": others, "lr": adam_lr}) if g["params"]]
+        super().__init__(groups, {"lr": lr})
+        # The inner optimizers hold these very group dicts (a scheduler's lr reaches them) and this state.
+        self._inner = []
+        for group in self.param_groups:
+            if group["params"][0].ndim == 2:
+                inner = torch.optim.Muon([group], lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+                                         weight_decay=weight_decay)
+            else:
+                inner = torch.optim.Adam([group], lr=adam_lr, betas=adam_betas, eps=adam_eps)
+            self._inner.append(inner)
+        self._link()
+        self.register_load_state_dict_post_hook(lambda optimizer: optimizer._link())
+
+    def _link(self) -> None:
+        """Point the inner optimizers at this one's groups and state (``load_state_dict`` replaces both)."""
+        for inner, group in zip(self._inner, self.param_groups, strict=True):
+            inner.param_groups = [group]
+            inner.state = self.state
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for inner in self._inner:
+            inner.step()
+        return loss
