@@ -261,6 +261,9 @@ def updater_class(target: Any) -> type:
 def updater_settings(algo: DictConfig) -> tuple[type, Any]:
     """A custom updater's class and its settings: the ``algo`` keys (but ``name`` and ``_target_``) as its
     ``Config`` dataclass, each key checked to be a field and each value against the field's type."""
+    if "_target_" not in algo.keys():  # (`in` is False for a ??? value)
+        raise ConfigError(f"algo.name={algo.name!r} does not match the algo settings: choose your own updater with "
+                          "algo=custom algo._target_=package.Class (docs/extending.md), not algo.name")
     if OmegaConf.is_missing(algo, "_target_"):
         raise ConfigError("algo._target_ is missing: algo=custom needs the updater's class, e.g. "
                           "algo._target_=my_package.MyUpdater (docs/extending.md)")
@@ -279,6 +282,10 @@ def updater_settings(algo: DictConfig) -> tuple[type, Any]:
         key = getattr(e, "full_key", None) or "?"
         raise ConfigError(f"algo.{key}={_fmt(given.get(key))} is invalid for {algo._target_}: "
                           f"{str(e).splitlines()[0]}") from None
+    missing = [k for k in keys if OmegaConf.is_missing(node, k)]
+    if missing:
+        raise ConfigError(f"algo.{missing[0]} is missing: {algo._target_}'s Config has no default for it "
+                          f"(add +algo.{missing[0]}=...)")
     return cls, OmegaConf.to_object(node)
 # dataclasses.fields gives the annotations as strings (from __future__ import annotations)
 _DATACLASSES: dict[str, type] = {cls.__name__: cls for cls in (
@@ -436,6 +443,11 @@ def validate(cfg: DictConfig) -> None:
                  "the ray backend steps every env in its actors: leave it auto")
         _check_ray(cfg)
     else:
+        default = RayConfig()
+        for key in ("address", "num_cpus_per_actor", "max_restarts"):  # set, and nothing would read it
+            value = cfg.ray[key]
+            _require(value == getattr(default, key), f"ray.{key}", value,
+                     "only the ray backend reads it: add rollout.backend=ray")
         _count(cfg, "rollout.workers", 0, num_envs - 1, "at most env.num_envs - 1: the learner steps one env itself")
         workers = resolve_workers(rollout.workers, num_envs)
         _count(cfg, "rollout.learner_envs", 0, num_envs - max(workers, 1),

@@ -54,6 +54,7 @@ class RolloutActor:
 
         torch.set_num_threads(1)
         self._blas = threadpool_limits(limits=1, user_api="blas")  # the per-step products are small
+        self.fresh = True  # until its first segment: the learner counts restarts by it
         if ray.get_runtime_context().was_current_actor_reconstructed:
             seed = None  # not the first incarnation's episodes again
         envs = InProcessEnvs(env_id, num_envs, env_kwargs, first_env=first_env)
@@ -70,11 +71,13 @@ class RolloutActor:
 
         return ray.util.get_node_ip_address(), self.collector.raw_obs
 
-    def segment(self, weights: dict[str, np.ndarray], obs_stats: dict) -> Segment:
-        """One segment with ``weights`` (the actor's state dict as numpy) and the statistics ``obs_stats``."""
+    def segment(self, weights: dict[str, np.ndarray], obs_stats: dict) -> tuple[Segment, bool]:
+        """One segment with ``weights`` (the actor's state dict as numpy) and the statistics ``obs_stats``,
+        and whether this incarnation of the actor is new (its first segment)."""
         self.actor.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
         self.obs_norm.load_state_dict(obs_stats)
-        return self.collector.segment()
+        fresh, self.fresh = self.fresh, False
+        return self.collector.segment(), fresh
 
     def get_state(self) -> dict:
         return self.collector.env_state_dict()
@@ -121,8 +124,8 @@ class RaySampler:
                                   f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
             self._own_ray = True
         try:
-            if actors == "auto":  # one per CPU Ray has, less the learner's where Ray runs on this machine only
-                cpus = ray.cluster_resources().get("CPU", 1) - (1 if address is None else 0)
+            if actors == "auto":  # one per CPU free now (other runs may share the cluster), less the learner's
+                cpus = ray.available_resources().get("CPU", 1) - (1 if self._own_ray else 0)
                 actors = max(1, min(num_envs, int(cpus // num_cpus_per_actor)))
             self._start(env_id, env_kwargs, actors, steps_per_env, seed, policy, num_cpus_per_actor)
         except BaseException:
@@ -149,6 +152,7 @@ class RaySampler:
             self.nodes.append(node)
             reset.append(raw)
         self.obs_norm.update(np.concatenate(reset))  # the reset observations, as one process takes them
+        self._started = [False] * len(self.handles)  # which actors have returned a segment
 
     def _where(self, k: int) -> str:
         lo, hi = self.bounds[k]
@@ -159,57 +163,66 @@ class RaySampler:
         """``ray.get(ref)`` for actor ``k``, its failure as one WorkerError line."""
         try:
             return self.ray.get(ref)
-        except (self.ray.exceptions.RayActorError, self.ray.exceptions.RayTaskError) as e:
+        except self.ray.exceptions.RayError as e:
             raise self._error(k, e) from None
 
     def _error(self, k: int, e: BaseException) -> WorkerError:
         if isinstance(e, self.ray.exceptions.RayActorError):
             return WorkerError(f"{self._where(k)} died: {_first_line(e)}", str(e))
-        cause = e.cause if getattr(e, "cause", None) is not None else e
-        return WorkerError(f"{self._where(k)} failed: {type(cause).__name__}: {_first_line(cause)}", str(e))
+        if isinstance(e, self.ray.exceptions.RayTaskError):
+            cause = e.cause if getattr(e, "cause", None) is not None else e
+            return WorkerError(f"{self._where(k)} failed: {type(cause).__name__}: {_first_line(cause)}", str(e))
+        return WorkerError(f"{self._where(k)}: Ray failed ({type(e).__name__}: {_first_line(e)})", str(e))
 
     def collect(self, idle: Callable[[], bool] | None = None) -> tuple[RolloutBatch, EpisodeStats]:
         """One rollout over every actor; ``idle`` (see :meth:`Collector.collect`) runs while they step."""
         ray = self.ray
-        weights = ray.put({k: v.detach().cpu().numpy() for k, v in self.actor.state_dict().items()})
+        try:
+            weights = ray.put({k: v.detach().cpu().numpy() for k, v in self.actor.state_dict().items()})
+        except ray.exceptions.RayError as e:  # the object store full, the local raylet gone
+            raise WorkerError(f"Ray cannot take the policy's weights ({type(e).__name__}: {_first_line(e)})",
+                              str(e)) from None
         stats = self.obs_norm.state_dict()
         pending = {self.handles[k].segment.remote(weights, stats): k for k in range(len(self.handles))}
         segments: list[Segment | None] = [None] * len(self.handles)
-        retrying: set[int] = set()  # actors asked again after a death: Ray is restarting them
-        waited = time.perf_counter()
+        waited = {k: time.perf_counter() for k in pending.values()}
+        limit = dict.fromkeys(pending.values(), self.timeout_s)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0 if idle is not None else 1.0)
             if not ready:
                 if idle is not None and not idle():
                     idle = None
-                self._check_time(waited, pending.values())
+                for k in pending.values():
+                    self._check_time(k, waited[k], limit[k])
                 continue
             k = pending.pop(ready[0])
             try:
-                segments[k] = ray.get(ready[0])
+                segments[k], fresh = ray.get(ready[0])
             except ray.exceptions.RayActorError as e:
-                if not (k in retrying and isinstance(e, ray.exceptions.ActorUnavailableError)):
-                    if self.restarts >= self.max_restarts:  # a death, and no restart left (ray.max_restarts)
-                        raise self._error(k, e) from None
-                    self.restarts += 1  # Ray restarts the actor; its envs start afresh
-                    lo, hi = self.bounds[k]
-                    self.reward_scaler.ret[lo:hi] = 0.0
-                    retrying.add(k)
-                    waited = time.perf_counter()
-                self._check_time(waited, [k])
+                if self.max_restarts == 0:
+                    raise self._error(k, e) from None
+                # Ray restarts it (up to ray.max_restarts) or has given up; ask again until the timeout, which
+                # now also covers the new incarnation's start. Counted when a fresh incarnation answers.
+                self._check_time(k, waited[k], limit[k], e)
+                limit[k] = max(self.timeout_s, _START_S) + self.timeout_s
                 time.sleep(0.1)
-                pending[self.handles[k].segment.remote(weights, stats)] = k  # its segment, collected again
+                pending[self.handles[k].segment.remote(weights, stats)] = k
                 continue
-            except ray.exceptions.RayTaskError as e:
+            except ray.exceptions.RayError as e:
                 raise self._error(k, e) from None
-            retrying.discard(k)
-            waited = time.perf_counter()
+            if fresh and self._started[k]:  # a restarted actor (died in a call or between calls)
+                self.restarts += 1
+                lo, hi = self.bounds[k]
+                self.reward_scaler.ret[lo:hi] = 0.0  # its episodes started afresh
+            self._started[k] = True
         return finish(concat_segments(segments), self.obs_norm, self.reward_scaler)
 
-    def _check_time(self, since: float, actors) -> None:
-        if time.perf_counter() - since > self.timeout_s:
-            raise WorkerError(f"{self._where(min(actors))} has not returned its segment for {self.timeout_s:g} s "
-                              "(rollout.worker_timeout_s)")
+    def _check_time(self, k: int, since: float, limit: float, error: BaseException | None = None) -> None:
+        if time.perf_counter() - since > limit:
+            if error is not None:
+                raise self._error(k, error)
+            raise WorkerError(f"{self._where(k)} has not returned its segment for {limit:g} s "
+                              "(rollout.worker_timeout_s bounds a whole segment on Ray)")
 
     def metrics(self) -> dict[str, float]:
         return {"rollout/actor_restarts": float(self.restarts)}
@@ -220,13 +233,15 @@ class RaySampler:
         parts = [self._get(k, h.get_state.remote()) for k, h in enumerate(self.handles)]
         joined = {key: (sum((p[key] for p in parts), []) if isinstance(parts[0][key], list)
                         else np.concatenate([p[key] for p in parts])) for key in parts[0]}
-        return {"obs_norm": self.obs_norm.state_dict(), "reward_scaler": self.reward_scaler.state_dict(), **joined}
+        return {"obs_norm": self.obs_norm.state_dict(), "reward_scaler": self.reward_scaler.state_dict(),
+                "actor_restarts": self.restarts, **joined}
 
     def load_state_dict(self, state: dict) -> str | None:
         self.obs_norm.load_state_dict(state["obs_norm"])
         self.reward_scaler.load_state_dict(state["reward_scaler"])
+        self.restarts = int(state.get("actor_restarts", 0))
         refs = [h.set_state.remote({key: value[lo:hi] for key, value in state.items()
-                                    if key not in ("obs_norm", "reward_scaler")})
+                                    if key not in ("obs_norm", "reward_scaler", "actor_restarts")})
                 for h, (lo, hi) in zip(self.handles, self.bounds, strict=True)]
         lost = next((r for r in (self._get(k, ref) for k, ref in enumerate(refs)) if r is not None), None)
         if lost is not None:

@@ -125,7 +125,7 @@ def main(cfg: DictConfig) -> float:
             raise ConfigError(f"hydra.run.dir={str(out_dir)!r} already holds a run: {hint}, or train into "
                               "another directory")
         share = sweep.cores_per_trial(HydraConfig.get())
-        if share is not None and cfg.rollout.workers == "auto":  # trials side by side share the cores
+        if share is not None and cfg.rollout.workers == "auto" and cfg.rollout.backend == "local":  # trials share cores
             cfg.rollout.workers = resolve_workers("auto", cfg.env.num_envs, cores=share)
         with checkpoint.lock(out_dir):  # refused if another process took it meanwhile: then nothing is ours
             fresh = True

@@ -1,5 +1,5 @@
-"""critic.optim=muon: torch's Muon on the weight matrices and Adam on the rest, as one optimizer whose
-state dict round-trips (checkpoints)."""
+"""critic.optim=muon: torch's Muon on the weight matrices and Adam on the rest (biases, the value head), as
+one optimizer whose state dict round-trips (checkpoints)."""
 
 import copy
 
@@ -28,8 +28,10 @@ def _steps(net, optimizers, n, seed=1):
 def test_muon_adam_is_torchs_muon_and_adam_side_by_side():
     net, ref = _net(), _net()
     _steps(net, [MuonAdam(net.parameters(), lr=0.02, adam_lr=1e-3)], 5)
-    matrices = [p for p in ref.parameters() if p.ndim == 2]
-    vectors = [p for p in ref.parameters() if p.ndim != 2]
+    # Muon: the 16 x 5 hidden weight; Adam: the biases and the 1 x 16 head (a matrix with a dimension of 1)
+    matrices = [p for p in ref.parameters() if p.ndim == 2 and min(p.shape) > 1]
+    vectors = [p for p in ref.parameters() if not (p.ndim == 2 and min(p.shape) > 1)]
+    assert [tuple(p.shape) for p in matrices] == [(16, 5)]
     _steps(ref, [torch.optim.Muon(matrices, lr=0.02, weight_decay=0.0), torch.optim.Adam(vectors, lr=1e-3)], 5)
     for p, q in zip(net.parameters(), ref.parameters(), strict=True):
         assert torch.equal(p, q)

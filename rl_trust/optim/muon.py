@@ -1,8 +1,11 @@
 """Muon for a network's weight matrices and Adam for its other parameters, as one optimizer.
 
 Muon (Jordan et al. 2024) orthogonalises each 2-D weight's momentum by Newton-Schulz iterations, so
-a step's spectral size is set by the learning rate whatever the gradient's scale; it is meant for
-matrices only, so biases (and any vector) go to Adam, as its authors do. Both steps are torch's own
+a step's spectral size is set by the learning rate whatever the gradient's scale. It is meant for
+matrices: biases, and weight matrices with a dimension of 1 (the critic's value head, 1 x 64, whose
+orthogonalised step would be a unit-norm step whatever its gradient), go to Adam. (Muon's authors also
+keep a network's first layer on Adam; here the first layer's input is the normalised observation and
+it stays on Muon.) Both steps are torch's own
 (``torch.optim.Muon``, ``torch.optim.Adam``): this class only routes the parameters and keeps the two
 inner optimizers' groups and state in its own, so schedulers, ``state_dict`` and checkpoints see one
 optimizer.
@@ -29,14 +32,15 @@ class MuonAdam(torch.optim.Optimizer):
             if not value > 0:
                 raise ValueError(f"{name}={value} must be > 0")
         params = list(params)
-        matrices = [p for p in params if p.ndim == 2]
-        others = [p for p in params if p.ndim != 2]
-        groups = [g for g in ({"params": matrices, "lr": lr}, {"params": others, "lr": adam_lr}) if g["params"]]
+        matrices = [p for p in params if p.ndim == 2 and min(p.shape) > 1]
+        others = [p for p in params if not (p.ndim == 2 and min(p.shape) > 1)]
+        groups = [g for g in ({"params": matrices, "lr": lr, "muon": True},
+                              {"params": others, "lr": adam_lr, "muon": False}) if g["params"]]
         super().__init__(groups, {"lr": lr})
         # The inner optimizers hold these very group dicts (a scheduler's lr reaches them) and this state.
         self._inner = []
         for group in self.param_groups:
-            if group["params"][0].ndim == 2:
+            if group["muon"]:
                 inner = torch.optim.Muon([group], lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
                                          weight_decay=weight_decay)
             else:
