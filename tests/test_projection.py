@@ -92,3 +92,13 @@ def test_entropy_control_holds_the_bound(kind):
     _, log_std_p = project(kind, new, old, mean_bound=MEAN_BOUND, cov_bound=COV_BOUND, min_entropy=bound)
     per_dim = log_std_p.mean(-1) + 0.5 * math.log(2 * math.pi * math.e)
     assert (per_dim >= bound - 1e-12).all()
+
+
+@pytest.mark.parametrize("spread, bound", [(0.3, 0.001), (3.0, 0.001), (3.0, 1.0)])
+def test_the_kl_dual_root_converges_from_small_to_extreme_steps(spread, bound):
+    """σ moved by factors up to e^±9 in one update, a loose bound: the projected KL still sits on the bound."""
+    new, old = gaussians(n=2000, a=6, spread=spread)
+    _, log_std_p = project("kl", new, old, mean_bound=MEAN_BOUND, cov_bound=bound)
+    outside = cov_distance("kl", new[1], old[1]) > bound
+    d = cov_distance("kl", log_std_p, old[1])
+    torch.testing.assert_close(d[outside], torch.full_like(d[outside], bound), rtol=1e-10, atol=0)
