@@ -55,12 +55,8 @@ class MuonAdam(torch.optim.Optimizer):
             inner.param_groups = [group]
             inner.state = self.state
 
-    @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for inner in self._inner:
+        loss = self._inner[0].step(closure)  # torch's own closure handling, once
+        for inner in self._inner[1:]:
             inner.step()
         return loss
