@@ -23,6 +23,7 @@ BATCH = 64  # tiny(): 2 envs x 32 steps
 def load_script(name):
     spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a script's dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

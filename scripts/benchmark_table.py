@@ -1,0 +1,232 @@
+"""The MuJoCo benchmark table: per (task, updater) the final deterministic evaluations of its seeds (mean, IQM
+with a stratified-bootstrap CI, each seed), the wall-clock time per 1M steps, and the best published
+on-policy figures beside them; and one learning-curve figure per task with the updaters side by side.
+
+    python scripts/benchmark_table.py bench_runs/table --figures docs/table --docs docs/benchmarks.md
+
+ROOT holds runs anywhere below it (a run: a directory with a TensorBoard events file and .hydra/config.yaml);
+they are grouped by their config's env.id and algo.name, so the layout the documented commands write
+(``ROOT/<algo>_<Task>/s<seed>``) and a multirun's both work. A run without metrics.json has not finished: it
+is counted as such and left out of the figures. ``--docs FILE`` replaces the text between the lines
+``<!-- benchmark-table:begin -->`` and ``<!-- benchmark-table:end -->`` of FILE with the table (the markers
+must be there); without it the table goes to stdout. Every output goes to a temporary file first, so a
+failure writes nothing. Needs ``pip install -e '.[plot]'``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/plot.py draws the curves
+
+import plot  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from rl_trust import plotting  # noqa: E402
+from rl_trust.cli import Parser  # noqa: E402
+from rl_trust.errors import ConfigError  # noqa: E402
+
+BEGIN, END = "<!-- benchmark-table:begin -->", "<!-- benchmark-table:end -->"
+RUN_ONLY = {"seed", "progress", "resume"}  # what may differ between the seeds of one row
+UPDATERS = {"trpo": "TRPO", "ppo": "PPO-clip", "kl_penalty": "KL-penalty"}
+# The best published on-policy figures at 1M steps we know of (v3 tasks unless said). BP: the best point during
+# training, which flatters; 1 agent: a single run. Sources: Tianshou's examples/mujoco README, rl-baselines3-zoo's
+# benchmark.md, sb3-contrib's TRPO docs, CleanRL's openrlbenchmark pages.
+PUBLISHED = {
+    "HalfCheetah": {"trpo": "Tianshou 4471 (BP); sb3-contrib 1803", "ppo": "zoo 5819 (1 agent); Tianshou 5784 (BP)",
+                    "target": 7000},
+    "Hopper": {"trpo": "zoo 3618 (1 agent); sb3-contrib 3372", "ppo": "Tianshou 2609 (BP)", "target": 3600},
+    "Walker2d": {"trpo": "zoo 4933 (1 agent); sb3-contrib 4502", "ppo": "Tianshou 3589 (BP)", "target": 4950},
+    "Ant": {"trpo": "zoo 4982 (1 agent); sb3-contrib 3554", "ppo": "Tianshou 3258 (BP)", "target": 5000},
+    "Humanoid": {"trpo": "Tianshou 810 (BP)", "ppo": "Tianshou 787 (BP); CleanRL 716 (v4)", "target": 1700},
+}
+
+
+@dataclass
+class Cell:
+    task: str
+    algo: str
+    finals: list[float] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    seconds_per_million: list[float] = field(default_factory=list)
+    unfinished: int = 0
+    paths: list[Path] = field(default_factory=list)  # the finished runs
+    every: list[Path] = field(default_factory=list)  # and those still running (their curves so far are drawn)
+    settings: dict | None = None  # the config but for RUN_ONLY: equal across a cell's runs
+    first: Path | None = None
+
+
+def _first_difference(a, b, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{prefix}{k}.")
+    return prefix.rstrip(".") or "?"
+
+
+def _fail(message: str) -> int:
+    print(f"error: benchmark_table.py: {message}", file=sys.stderr)
+    return 1
+
+
+def collect(root: Path) -> dict[tuple[str, str], Cell]:
+    """The runs under ``root`` by (task, updater): ConfigError for a run whose config cannot be read."""
+    cells: dict[tuple[str, str], Cell] = {}
+    for run in plotting.run_dirs(root):
+        config = run / ".hydra" / "config.yaml"
+        if not config.exists():
+            raise ConfigError(f"{run} has no .hydra/config.yaml: it was not written by scripts/train.py")
+        cfg = OmegaConf.load(config)
+        env_id, algo = OmegaConf.select(cfg, "env.id"), OmegaConf.select(cfg, "algo.name")
+        if not env_id or not algo:
+            raise ConfigError(f"{config} names no env.id or algo.name")
+        task = str(env_id).split("-v")[0]
+        cell = cells.setdefault((task, str(algo)), Cell(task, str(algo)))
+        settings = {k: v for k, v in OmegaConf.to_container(cfg).items() if k not in RUN_ONLY}
+        if cell.settings is None:
+            cell.settings, cell.first = settings, run
+        elif settings != cell.settings:
+            key = _first_difference(settings, cell.settings)
+            raise ConfigError(f"{run} and {cell.first} ({algo} on {env_id}) differ in {key}, not only in seed: "
+                              f"a row of the table is one config's seeds")
+        cell.every.append(run)
+        metrics = run / "metrics.json"
+        if not metrics.exists():
+            cell.unfinished += 1
+            continue
+        try:
+            m = json.loads(metrics.read_text())
+            final, seconds, steps = float(m[plotting.FINAL]), float(m["train/time_s"]), float(m["train/global_step"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{metrics} cannot be read ({e})") from None
+        seed = int(OmegaConf.select(cfg, "seed", default=-1))
+        if seed in cell.seeds:
+            raise ConfigError(f"{run} repeats seed {seed} of {algo} on {env_id} ({cell.paths[cell.seeds.index(seed)]})")
+        cell.finals.append(final)
+        cell.seeds.append(seed)
+        cell.seconds_per_million.append(seconds * 1e6 / steps)
+        cell.paths.append(run)
+    return cells
+
+
+def _order(cells: dict[tuple[str, str], Cell]) -> list[Cell]:
+    tasks = [t for t in PUBLISHED if any(k[0] == t for k in cells)] + sorted({k[0] for k in cells} - set(PUBLISHED))
+    algos = list(UPDATERS) + sorted({k[1] for k in cells} - set(UPDATERS))
+    return [cells[(t, a)] for t in tasks for a in algos if (t, a) in cells]
+
+
+def table(cells: dict[tuple[str, str], Cell], *, reps: int, seed: int) -> str:
+    lines = ["| task | updater | seeds | mean ± std | IQM [95% CI] | per seed (seed: return) | min / 1M steps | "
+             "published at 1M | target | met |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in _order(cells):
+        published = PUBLISHED.get(c.task, {})
+        target = published.get("target")
+        seeds = f"{len(c.finals)}" + (f" (+{c.unfinished} running)" if c.unfinished else "")
+        if c.finals:
+            row = plotting.final_row(c.algo, [plotting.Run(p, None, f) for p, f in zip(c.paths, c.finals, strict=True)],
+                                     reps=reps, ci=0.95, seed=seed)
+            per_seed = " ".join(f"{s}: {v:.0f}" for s, v in sorted(zip(c.seeds, c.finals, strict=True)))
+            wall = f"{statistics.median(c.seconds_per_million) / 60:.1f}"
+            stats = (f"{row['mean']:.0f} ± {row['std']:.0f} | "
+                     f"{row['iqm']:.0f} [{row['iqm_low']:.0f}, {row['iqm_high']:.0f}]")
+            met = "—" if target is None else ("yes" if row["mean"] >= target else "no")
+            if len(c.finals) < 3 and target is not None:
+                met += " (< 3 seeds)"
+        else:
+            per_seed, wall, stats, met = "", "", "— | —", "—"
+        lines.append(f"| {c.task} | {UPDATERS.get(c.algo, c.algo)} | {seeds} | {stats} | {per_seed} | {wall} | "
+                     f"{published.get(c.algo, '—')} | {target if target is not None else '—'} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def _directory(cell: Cell) -> Path:
+    """The one directory that holds a cell's runs and nothing else (scripts/plot.py takes a group as one)."""
+    parent = Path(os.path.commonpath([p.resolve() for p in cell.every]))
+    if {p.resolve() for p in plotting.run_dirs(parent)} != {p.resolve() for p in cell.every}:
+        raise ConfigError(f"--figures: the {cell.algo} runs on {cell.task} share no directory of their own: put "
+                          f"each (updater, task)'s runs in one (ROOT/<algo>_<Task>/s<seed>)")
+    return parent
+
+
+def figures(cells: dict[tuple[str, str], Cell], out_dir: Path) -> list[Path]:
+    """One learning-curve figure per task, through scripts/plot.py (IQM over seeds, bootstrap CI)."""
+    written = []
+    for task in dict.fromkeys(c.task for c in _order(cells)):
+        groups = [f"{UPDATERS.get(c.algo, c.algo)}={_directory(c)}"
+                  for c in _order(cells) if c.task == task]
+        if not groups:
+            continue
+        out = out_dir / f"{task.lower()}.png"
+        args = [a for g in groups for a in ("--group", g)]
+        if plot.main([*args, "--title", f"{task}-v5, 1M steps", "--out", str(out)]) != 0:
+            raise ConfigError(f"the figure {out} could not be drawn")
+        written.append(out)
+    return written
+
+
+def splice(text: str, block: str, path: Path) -> str:
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise ConfigError(f"{path} must hold the lines {BEGIN} and {END} once each, in that order")
+    head, rest = text.split(BEGIN)
+    _, tail = rest.split(END)
+    return f"{head}{BEGIN}\n{block}{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", type=Path, help="a directory of runs (searched recursively)")
+    p.add_argument("--figures", type=Path, default=None, help="a directory for one learning-curve PNG per task")
+    p.add_argument("--docs", type=Path, default=None, help="a markdown file whose marked block takes the table")
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    args = p.parse_args(argv)
+    if args.reps < 1:
+        p.error(f"--reps={args.reps} must be >= 1")
+    if not 0 <= args.seed < 2**32:
+        p.error(f"--seed={args.seed} must lie in [0, 2**32)")
+    if not args.root.is_dir():
+        return _fail(f"{args.root} is not a directory")
+    if args.figures is not None and args.figures.exists() and not args.figures.is_dir():
+        return _fail(f"--figures {args.figures} exists and is not a directory")
+    if args.docs is not None and not args.docs.is_file():
+        return _fail(f"--docs {args.docs} is not a file")
+    try:
+        plotting._rliable()
+        if args.docs is not None:
+            splice(args.docs.read_text(), "", args.docs)  # the markers, before any run is read
+        cells = collect(args.root)
+        if not cells:
+            return _fail(f"{args.root} holds no run (no TensorBoard events file in it or below it)")
+        block = table(cells, reps=args.reps, seed=args.seed)
+        new_docs = splice(args.docs.read_text(), block, args.docs) if args.docs is not None else None
+        written = []
+        if args.figures is not None:
+            args.figures.mkdir(parents=True, exist_ok=True)
+            written = figures(cells, args.figures)
+    except ConfigError as e:
+        return _fail(str(e))
+    if new_docs is None:
+        print(block, end="")
+        return 0
+    tmp = args.docs.with_name(args.docs.name + ".tmp")
+    try:
+        tmp.write_text(new_docs)
+        os.replace(tmp, args.docs)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        return _fail(f"cannot write {args.docs}: {e}")
+    print(f"wrote {', '.join(map(str, [args.docs, *written]))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

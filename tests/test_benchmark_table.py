@@ -1,0 +1,87 @@
+"""scripts/benchmark_table.py: runs grouped by (task, updater) from their configs, the table's statistics against
+direct computation, the docs block replaced in place, and the refusals that keep a row one config's seeds."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import trim_mean
+from test_bad_input import load_script
+from torch.utils.tensorboard import SummaryWriter
+
+
+def fake_run(path, algo, env_id, seed, final=None, minutes=10.0, lr=0.001):
+    path.mkdir(parents=True)
+    with SummaryWriter(str(path)) as w:
+        for step in range(20):
+            w.add_scalar("charts/episodic_return", final or 0.0 * step, (step + 1) * 50_000)
+    (path / ".hydra").mkdir()
+    (path / ".hydra" / "config.yaml").write_text(
+        f"algo:\n  name: {algo}\n  lr: {lr}\nenv:\n  id: {env_id}\nseed: {seed}\nprogress: false\n")
+    if final is not None:
+        (path / "metrics.json").write_text(json.dumps(
+            {"eval/mean_return": final, "train/time_s": minutes * 30, "train/global_step": 500_000}))
+
+
+@pytest.fixture
+def table():
+    return load_script("benchmark_table")
+
+
+def _row(text, task, updater):
+    return next(line for line in text.splitlines() if line.startswith(f"| {task} | {updater} |"))
+
+
+def test_rows_per_task_and_updater_against_direct_computation(tmp_path, table, capsys):
+    finals = {"trpo": [3500.0, 3700.0, 3650.0, 1200.0], "ppo": [2000.0, 2500.0, 3000.0]}
+    for algo, values in finals.items():
+        for seed, v in enumerate(values):
+            fake_run(tmp_path / "runs" / f"{algo}_Hopper" / f"s{seed}", algo, "Hopper-v5", seed, v, minutes=4 + seed)
+    fake_run(tmp_path / "runs" / "ppo_Hopper" / "s9", "ppo", "Hopper-v5", 9)  # still running
+    fake_run(tmp_path / "runs" / "kl_penalty_Ant" / "s0", "kl_penalty", "Ant-v5", 0, 5100.0)
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\n<!-- benchmark-table:begin -->\nstale\n<!-- benchmark-table:end -->\n\nafter\n")
+    assert table.main([str(tmp_path / "runs"), "--docs", str(docs), "--figures", str(tmp_path / "fig"),
+                       "--reps", "300"]) == 0
+    text = docs.read_text()
+    assert "stale" not in text and text.startswith("# Benchmarks\n") and text.endswith("\n\nafter\n")
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[:2] for line in lines[1:]] == [["| Hopper", "TRPO"], ["| Hopper", "PPO-clip"],
+                                                            ["| Ant", "KL-penalty"]]  # the issue's task order
+    trpo = _row(text, "Hopper", "TRPO").split(" | ")
+    values = finals["trpo"]
+    assert trpo[2] == "4" and trpo[3] == f"{np.mean(values):.0f} ± {np.std(values):.0f}"
+    assert trpo[4].startswith(f"{trim_mean(values, 0.25):.0f} [")
+    assert trpo[5] == "0: 3500 1: 3700 2: 3650 3: 1200"
+    assert trpo[6] == "5.5"  # the median of 4, 5, 6, 7 minutes per 1M steps
+    assert trpo[9].startswith("no")  # mean 3012 < 3600
+    ppo = _row(text, "Hopper", "PPO-clip").split(" | ")
+    assert ppo[2] == "3 (+1 running)" and "Tianshou 2609" in ppo[7]
+    assert _row(text, "Ant", "KL-penalty").split(" | ")[9] == "yes (< 3 seeds) |"
+    assert {p.name for p in (tmp_path / "fig").glob("*.png")} == {"hopper.png", "ant.png"}
+
+
+def test_a_row_mixing_configs_or_repeating_a_seed_is_refused(tmp_path, table, capsys):
+    fake_run(tmp_path / "a" / "s0", "trpo", "Hopper-v5", 0, 10.0)
+    fake_run(tmp_path / "a" / "s1", "trpo", "Hopper-v5", 1, 10.0, lr=0.01)
+    assert table.main([str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "differ in algo.lr, not only in seed" in err
+    fake_run(tmp_path / "b" / "x", "trpo", "Hopper-v5", 0, 10.0)
+    fake_run(tmp_path / "b" / "y", "trpo", "Hopper-v5", 0, 11.0)
+    assert table.main([str(tmp_path / "b")]) == 1
+    assert "repeats seed 0 of trpo on Hopper-v5" in capsys.readouterr().err
+
+
+def test_docs_without_markers_is_refused_and_left_alone(tmp_path, table, capsys):
+    fake_run(tmp_path / "r" / "s0", "trpo", "Hopper-v5", 0, 10.0)
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# no markers\n")
+    assert table.main([str(tmp_path / "r"), "--docs", str(docs)]) == 1
+    assert "must hold the lines <!-- benchmark-table:begin -->" in capsys.readouterr().err
+    assert docs.read_text() == "# no markers\n"
+    assert table.main([str(tmp_path / "nowhere")]) == 1
+    assert "is not a directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert table.main([str(tmp_path / "empty")]) == 1
+    assert "holds no run" in capsys.readouterr().err
