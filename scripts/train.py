@@ -217,6 +217,17 @@ def hydra_error_line(e: BaseException) -> str:
     return " ".join(ln for ln in lines if not ln.startswith(("full_key:", "object_type", "Set the environment")))
 
 
+def _custom_hint(line: str, argv: list[str]) -> str:
+    """For ``algo=custom``, an unknown ``algo.<key>`` is most likely the user's updater's own setting given
+    without its +: say so rather than list the built-in updaters' keys."""
+    key = line.split(" is not a config key", 1)[0]
+    if "algo=custom" not in argv or not key.startswith("algo.") or key == line:
+        return line
+    value = next((a.split("=", 1)[1] for a in argv if a.startswith(f"{key}=")), "...")
+    return (f"{key} is not a key of the built-in updaters: a custom updater's own setting takes a +, as in "
+            f"+{key}={value} (docs/extending.md)")
+
+
 def _check_argv(argv: list[str]) -> list[str]:
     """The command line's own mistakes, before Hydra (whose argparse prints a usage page, and which would
     create the run directory first); returns the arguments with a resume's directory and run directory
@@ -293,7 +304,7 @@ def cli(argv: list[str]) -> int:
     except (HydraException, OmegaConfBaseException) as e:
         if full_errors == "1":
             raise
-        print(f"error: {hydra_error_line(e)}", file=sys.stderr)
+        print(f"error: {_custom_hint(hydra_error_line(e), argv)}", file=sys.stderr)
         return 2
     except RunFailed as e:
         print(f"error: the multirun ended with a failed run ({e}); the others finished", file=sys.stderr)
