@@ -6,35 +6,45 @@ on-policy figures beside them; and one learning-curve figure per task with the u
 
 ROOT holds runs anywhere below it (a run: a directory with a TensorBoard events file and .hydra/config.yaml);
 they are grouped by their config's env.id and algo.name, so the layout the documented commands write
-(``ROOT/<algo>_<Task>/s<seed>``) and a multirun's both work. A run without metrics.json has not finished: it
-is counted as such and left out of the figures. ``--docs FILE`` replaces the text between the lines
-``<!-- benchmark-table:begin -->`` and ``<!-- benchmark-table:end -->`` of FILE with the table (the markers
-must be there); without it the table goes to stdout. Every output goes to a temporary file first, so a
-failure writes nothing. Needs ``pip install -e '.[plot]'``.
+(``ROOT/<algo>_<Task>/s<seed>``) and a multirun's both work; the runs of a row must share their config but for
+the seed (and what changes no result: RUN_ONLY). A run without metrics.json has not finished (still running,
+or stopped): it is counted as unfinished and left out of the figures. ``--docs FILE`` replaces the text
+between the lines ``<!-- benchmark-table:begin -->`` and ``<!-- benchmark-table:end -->`` of FILE with the
+table (the markers must be there); without it the table goes to stdout. The figures are drawn aside and the
+docs written to a temporary file first, so a failure leaves both as they were. Needs ``pip install -e '.[plot]'``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
+import math
 import os
+import re
+import shutil
 import statistics
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/plot.py draws the curves
 
 import plot  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+import yaml  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from rl_trust import plotting  # noqa: E402
 from rl_trust.cli import Parser  # noqa: E402
 from rl_trust.errors import ConfigError  # noqa: E402
 
 BEGIN, END = "<!-- benchmark-table:begin -->", "<!-- benchmark-table:end -->"
-RUN_ONLY = {"seed", "progress", "resume"}  # what may differ between the seeds of one row
+# What may differ between the seeds of one row: the seed, and what changes no result (the tuned file's name is a
+# label: its values are compared where they land).
+RUN_ONLY = {"seed", "progress", "resume", "checkpoint", "video", "tuned", "optimized_metric"}
 UPDATERS = {"trpo": "TRPO", "ppo": "PPO-clip", "kl_penalty": "KL-penalty"}
 # The best published on-policy figures at 1M steps we know of (v3 tasks unless said). BP: the best point during
 # training, which flatters; 1 agent: a single run. Sources: Tianshou's examples/mujoco README, rl-baselines3-zoo's
@@ -53,12 +63,14 @@ PUBLISHED = {
 class Cell:
     task: str
     algo: str
+    env_id: str
     finals: list[float] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     seconds_per_million: list[float] = field(default_factory=list)
     unfinished: int = 0
     paths: list[Path] = field(default_factory=list)  # the finished runs
-    every: list[Path] = field(default_factory=list)  # and those still running (their curves so far are drawn)
+    every: list[Path] = field(default_factory=list)  # and those not finished (left out of the figures)
+    every_seed: list[int] = field(default_factory=list)
     settings: dict | None = None  # the config but for RUN_ONLY: equal across a cell's runs
     first: Path | None = None
 
@@ -76,27 +88,45 @@ def _fail(message: str) -> int:
     return 1
 
 
+def _load(config: Path):
+    try:
+        cfg = OmegaConf.load(config)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as e:
+        raise ConfigError(f"{config} cannot be read ({type(e).__name__})") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{config} is not a mapping: it was not written by scripts/train.py")
+    return cfg
+
+
 def collect(root: Path) -> dict[tuple[str, str], Cell]:
-    """The runs under ``root`` by (task, updater): ConfigError for a run whose config cannot be read."""
+    """The runs under ``root`` by (task, updater): ConfigError for a run that cannot be read, a row whose runs
+    differ in more than their seed, or a seed given twice."""
     cells: dict[tuple[str, str], Cell] = {}
     for run in plotting.run_dirs(root):
         config = run / ".hydra" / "config.yaml"
-        if not config.exists():
+        if not config.is_file():
             raise ConfigError(f"{run} has no .hydra/config.yaml: it was not written by scripts/train.py")
-        cfg = OmegaConf.load(config)
-        env_id, algo = OmegaConf.select(cfg, "env.id"), OmegaConf.select(cfg, "algo.name")
-        if not env_id or not algo:
-            raise ConfigError(f"{config} names no env.id or algo.name")
-        task = str(env_id).split("-v")[0]
-        cell = cells.setdefault((task, str(algo)), Cell(task, str(algo)))
-        settings = {k: v for k, v in OmegaConf.to_container(cfg).items() if k not in RUN_ONLY}
+        cfg = _load(config)
+        env_id, algo, seed = (OmegaConf.select(cfg, k, default=None) for k in ("env.id", "algo.name", "seed"))
+        if not env_id or not algo or not isinstance(seed, int):
+            raise ConfigError(f"{config} names no env.id, algo.name or integer seed")
+        task = re.sub(r"-v\d+$", "", str(env_id))
+        cell = cells.setdefault((task, str(algo)), Cell(task, str(algo), str(env_id)))
+        try:
+            settings = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in RUN_ONLY}
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{config} cannot be read ({type(e).__name__})") from None
         if cell.settings is None:
             cell.settings, cell.first = settings, run
         elif settings != cell.settings:
             key = _first_difference(settings, cell.settings)
             raise ConfigError(f"{run} and {cell.first} ({algo} on {env_id}) differ in {key}, not only in seed: "
                               f"a row of the table is one config's seeds")
+        if seed in cell.every_seed:
+            raise ConfigError(f"{run} repeats seed {seed} of {algo} on {env_id} "
+                              f"({cell.every[cell.every_seed.index(seed)]})")
         cell.every.append(run)
+        cell.every_seed.append(seed)
         metrics = run / "metrics.json"
         if not metrics.exists():
             cell.unfinished += 1
@@ -104,11 +134,11 @@ def collect(root: Path) -> dict[tuple[str, str], Cell]:
         try:
             m = json.loads(metrics.read_text())
             final, seconds, steps = float(m[plotting.FINAL]), float(m["train/time_s"]), float(m["train/global_step"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"{metrics} cannot be read ({e})") from None
-        seed = int(OmegaConf.select(cfg, "seed", default=-1))
-        if seed in cell.seeds:
-            raise ConfigError(f"{run} repeats seed {seed} of {algo} on {env_id} ({cell.paths[cell.seeds.index(seed)]})")
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{metrics} cannot be read ({type(e).__name__}: {e})") from None
+        if not (math.isfinite(final) and math.isfinite(seconds) and seconds >= 0 and steps > 0):
+            raise ConfigError(f"{metrics} holds {plotting.FINAL}={final}, train/time_s={seconds}, "
+                              f"train/global_step={steps}: a finished run has a finite return and steps > 0")
         cell.finals.append(final)
         cell.seeds.append(seed)
         cell.seconds_per_million.append(seconds * 1e6 / steps)
@@ -129,7 +159,7 @@ def table(cells: dict[tuple[str, str], Cell], *, reps: int, seed: int) -> str:
     for c in _order(cells):
         published = PUBLISHED.get(c.task, {})
         target = published.get("target")
-        seeds = f"{len(c.finals)}" + (f" (+{c.unfinished} running)" if c.unfinished else "")
+        seeds = f"{len(c.finals)}" + (f" (+{c.unfinished} unfinished)" if c.unfinished else "")
         if c.finals:
             row = plotting.final_row(c.algo, [plotting.Run(p, None, f) for p, f in zip(c.paths, c.finals, strict=True)],
                                      reps=reps, ci=0.95, seed=seed)
@@ -147,28 +177,29 @@ def table(cells: dict[tuple[str, str], Cell], *, reps: int, seed: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _directory(cell: Cell) -> Path:
-    """The one directory that holds a cell's runs and nothing else (scripts/plot.py takes a group as one)."""
-    parent = Path(os.path.commonpath([p.resolve() for p in cell.every]))
-    if {p.resolve() for p in plotting.run_dirs(parent)} != {p.resolve() for p in cell.every}:
-        raise ConfigError(f"--figures: the {cell.algo} runs on {cell.task} share no directory of their own: put "
-                          f"each (updater, task)'s runs in one (ROOT/<algo>_<Task>/s<seed>)")
-    return parent
-
-
-def figures(cells: dict[tuple[str, str], Cell], out_dir: Path) -> list[Path]:
-    """One learning-curve figure per task, through scripts/plot.py (IQM over seeds, bootstrap CI)."""
+def figures(cells: dict[tuple[str, str], Cell], out_dir: Path, *, reps: int, seed: int) -> list[Path]:
+    """One learning-curve figure per task (IQM over the finished seeds, bootstrap CI; scripts/plot.py draws
+    it), with its .md and .csv, in ``out_dir``; ConfigError with plot.py's message if one cannot be drawn."""
     written = []
     for task in dict.fromkeys(c.task for c in _order(cells)):
-        groups = [f"{UPDATERS.get(c.algo, c.algo)}={_directory(c)}"
-                  for c in _order(cells) if c.task == task]
-        if not groups:
+        row = [c for c in _order(cells) if c.task == task and c.paths]
+        if not row:
             continue
         out = out_dir / f"{task.lower()}.png"
-        args = [a for g in groups for a in ("--group", g)]
-        if plot.main([*args, "--title", f"{task}-v5, 1M steps", "--out", str(out)]) != 0:
-            raise ConfigError(f"the figure {out} could not be drawn")
-        written.append(out)
+        steps = row[0].settings.get("total_steps", 0)
+        args = plot.parser().parse_args(["--out", str(out), "--reps", str(reps), "--seed", str(seed), "--title",
+                                         f"{row[0].env_id}, {steps / 1e6:g}M steps: IQM and 95% CI over seeds"])
+        fig, ax = plot.plt.subplots(figsize=(7, 4.5))
+        said, noise = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stderr(said), contextlib.redirect_stdout(noise):
+                code = plot.draw([(UPDATERS.get(c.algo, c.algo), c.paths, c.algo) for c in row], args, fig, ax)
+        finally:
+            plot.plt.close("all")
+        if code != 0:
+            message = re.sub(r"^error: (plot.py: )?", "", said.getvalue().strip().splitlines()[-1])
+            raise ConfigError(f"the figure for {task}: {message}")
+        written += [out, out.with_suffix(".md"), out.with_suffix(".csv")]
     return written
 
 
@@ -198,34 +229,48 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"--figures {args.figures} exists and is not a directory")
     if args.docs is not None and not args.docs.is_file():
         return _fail(f"--docs {args.docs} is not a file")
+    staging = None
     try:
         plotting._rliable()
         if args.docs is not None:
-            splice(args.docs.read_text(), "", args.docs)  # the markers, before any run is read
+            splice(_read(args.docs), "", args.docs)  # the markers, before any run is read
         cells = collect(args.root)
         if not cells:
             return _fail(f"{args.root} holds no run (no TensorBoard events file in it or below it)")
         block = table(cells, reps=args.reps, seed=args.seed)
-        new_docs = splice(args.docs.read_text(), block, args.docs) if args.docs is not None else None
-        written = []
-        if args.figures is not None:
+        new_docs = splice(_read(args.docs), block, args.docs) if args.docs is not None else None
+        written: list[Path] = []
+        if args.figures is not None:  # drawn aside first: a failure leaves the old figures and docs as they were
             args.figures.mkdir(parents=True, exist_ok=True)
-            written = figures(cells, args.figures)
+            staging = Path(tempfile.mkdtemp(prefix=".benchmark_table-", dir=args.figures))
+            drawn = figures(cells, staging, reps=args.reps, seed=args.seed)
+            for path in drawn:
+                os.replace(path, args.figures / path.name)
+            written = [args.figures / p.name for p in drawn if p.suffix == ".png"]
+        if new_docs is not None:
+            tmp = args.docs.with_name(args.docs.name + ".tmp")
+            tmp.write_text(new_docs)
+            os.replace(tmp, args.docs)
     except ConfigError as e:
         return _fail(str(e))
+    except OSError as e:
+        return _fail(f"cannot write {e.filename or args.figures or args.docs}: {e.strerror or e}")
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     if new_docs is None:
         print(block, end="")
-        return 0
-    tmp = args.docs.with_name(args.docs.name + ".tmp")
-    try:
-        tmp.write_text(new_docs)
-        os.replace(tmp, args.docs)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        return _fail(f"cannot write {args.docs}: {e}")
-    print(f"wrote {', '.join(map(str, [args.docs, *written]))}")
+    done = [*([args.docs] if new_docs is not None else []), *written]
+    if done:  # to stderr when the table itself goes to stdout
+        print(f"wrote {', '.join(map(str, done))}", file=sys.stdout if new_docs is not None else sys.stderr)
     return 0
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--docs {path} cannot be read ({type(e).__name__})") from None
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def _save(fig, out: Path) -> None:
     fig.savefig(_tmp(out), dpi=110)
 
 
-def _plot(argv: list[str] | None) -> int:
+def parser() -> Parser:
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", type=Path, help="run directories or directories of runs, one group each")
     p.add_argument("--group", action="append", default=[], metavar="LABEL=GLOB", help="a labelled group of runs")
@@ -72,6 +72,11 @@ def _plot(argv: list[str] | None) -> int:
     p.add_argument("--title", default=None)
     p.add_argument("--profile", type=Path, default=None, help="also draw a performance profile of final returns")
     p.add_argument("--out", type=Path, required=True, help="the figure (PNG, PDF, SVG ...)")
+    return p
+
+
+def _plot(argv: list[str] | None) -> int:
+    p = parser()
     args = p.parse_args(argv)
     labels = args.label or [path.name for path in args.paths]
     if len(labels) != len(args.paths):
@@ -103,15 +108,17 @@ def _plot(argv: list[str] | None) -> int:
         return _fail(f"the label {dup!r} is given to two groups: labels must differ")
     try:
         plotting._rliable()
+        expanded = [(label, plotting.expand(label, pattern), pattern) for label, pattern in groups]
     except ConfigError as e:
         return _fail(str(e))
+    return draw(expanded, args, fig, ax)
 
+
+def draw(groups: list[tuple[str, list[Path], str]], args, fig, ax) -> int:
+    """The figure and tables of ``groups`` (label, run directories, what named them) with ``args`` of
+    :func:`parser`; scripts/benchmark_table.py calls it with its own lists of runs."""
     rows, finals = [], {}
-    for label, pattern in groups:
-        try:
-            paths = plotting.expand(label, pattern)
-        except ConfigError as e:
-            return _fail(str(e))
+    for label, paths, pattern in groups:
         bad = [f for r in paths for f in plotting.unreadable(r)]
         if bad:
             return _fail(f"{bad[0]} cannot be read (corrupt, or not a TensorBoard events file)")

@@ -219,13 +219,18 @@ def hydra_error_line(e: BaseException) -> str:
 
 def _custom_hint(line: str, argv: list[str]) -> str:
     """For ``algo=custom``, an unknown ``algo.<key>`` is most likely the user's updater's own setting given
-    without its +: say so rather than list the built-in updaters' keys."""
+    without its +: say so (or name the custom config's own key it misspells) rather than list the built-in
+    updaters' keys."""
     key = line.split(" is not a config key", 1)[0]
     if "algo=custom" not in argv or not key.startswith("algo.") or key == line:
         return line
-    value = next((a.split("=", 1)[1] for a in argv if a.startswith(f"{key}=")), "...")
-    return (f"{key} is not a key of the built-in updaters: a custom updater's own setting takes a +, as in "
-            f"+{key}={value} (docs/extending.md)")
+    close = difflib.get_close_matches(key.split(".")[1], ["_target_", "name"], n=1, cutoff=0.6)
+    if close:
+        return f"{key} is not a key of algo=custom (did you mean algo.{close[0]}?)"
+    given = [a.split("=", 1) for a in argv if a.split("=", 1)[0] == key or a.startswith(f"{key}.")]
+    full, value = (given[-1] if given and len(given[-1]) == 2 else (key, "..."))  # Hydra keeps the last
+    return (f"{key} is not a key of algo=custom (name, _target_): a custom updater's own setting takes a +, as "
+            f"in +{full}={value} (docs/extending.md)")
 
 
 def _check_argv(argv: list[str]) -> list[str]:

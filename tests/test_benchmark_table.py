@@ -10,14 +10,16 @@ from test_bad_input import load_script
 from torch.utils.tensorboard import SummaryWriter
 
 
-def fake_run(path, algo, env_id, seed, final=None, minutes=10.0, lr=0.001):
+def fake_run(path, algo, env_id, seed, final=None, minutes=10.0, lr=0.001, tag="charts/episodic_return",
+             tuned="null"):
     path.mkdir(parents=True)
     with SummaryWriter(str(path)) as w:
         for step in range(20):
-            w.add_scalar("charts/episodic_return", final or 0.0 * step, (step + 1) * 50_000)
+            w.add_scalar(tag, final or 0.0 * step, (step + 1) * 50_000)
     (path / ".hydra").mkdir()
     (path / ".hydra" / "config.yaml").write_text(
-        f"algo:\n  name: {algo}\n  lr: {lr}\nenv:\n  id: {env_id}\nseed: {seed}\nprogress: false\n")
+        f"algo:\n  name: {algo}\n  lr: {lr}\nenv:\n  id: {env_id}\nseed: {seed}\nprogress: false\n"
+        f"total_steps: 1000000\ntuned:\n  file: {tuned}\n")
     if final is not None:
         (path / "metrics.json").write_text(json.dumps(
             {"eval/mean_return": final, "train/time_s": minutes * 30, "train/global_step": 500_000}))
@@ -37,7 +39,7 @@ def test_rows_per_task_and_updater_against_direct_computation(tmp_path, table, c
     for algo, values in finals.items():
         for seed, v in enumerate(values):
             fake_run(tmp_path / "runs" / f"{algo}_Hopper" / f"s{seed}", algo, "Hopper-v5", seed, v, minutes=4 + seed)
-    fake_run(tmp_path / "runs" / "ppo_Hopper" / "s9", "ppo", "Hopper-v5", 9)  # still running
+    fake_run(tmp_path / "runs" / "ppo_Hopper" / "s9", "ppo", "Hopper-v5", 9)  # unfinished: not drawn
     fake_run(tmp_path / "runs" / "kl_penalty_Ant" / "s0", "kl_penalty", "Ant-v5", 0, 5100.0)
     docs = tmp_path / "benchmarks.md"
     docs.write_text("# Benchmarks\n\n<!-- benchmark-table:begin -->\nstale\n<!-- benchmark-table:end -->\n\nafter\n")
@@ -56,7 +58,7 @@ def test_rows_per_task_and_updater_against_direct_computation(tmp_path, table, c
     assert trpo[6] == "5.5"  # the median of 4, 5, 6, 7 minutes per 1M steps
     assert trpo[9].startswith("no")  # mean 3012 < 3600
     ppo = _row(text, "Hopper", "PPO-clip").split(" | ")
-    assert ppo[2] == "3 (+1 running)" and "Tianshou 2609" in ppo[7]
+    assert ppo[2] == "3 (+1 unfinished)" and "Tianshou 2609" in ppo[7]
     assert _row(text, "Ant", "KL-penalty").split(" | ")[9] == "yes (< 3 seeds) |"
     assert {p.name for p in (tmp_path / "fig").glob("*.png")} == {"hopper.png", "ant.png"}
 
@@ -85,3 +87,43 @@ def test_docs_without_markers_is_refused_and_left_alone(tmp_path, table, capsys)
     (tmp_path / "empty").mkdir()
     assert table.main([str(tmp_path / "empty")]) == 1
     assert "holds no run" in capsys.readouterr().err
+
+
+def test_figures_draw_finished_runs_only_and_a_failure_leaves_everything(tmp_path, table, capsys, monkeypatch):
+    for seed in range(3):
+        fake_run(tmp_path / "r" / "trpo_Hopper" / f"s{seed}", "trpo", "Hopper-v5", seed, 3000.0 + seed,
+                 tuned="trpo_Hopper" if seed else "null")  # the tuned file's name alone is no difference
+    fake_run(tmp_path / "r" / "trpo_Hopper" / "s3", "trpo", "Hopper-v5", 3)
+    drawn = []
+    real = table.plot.draw
+    monkeypatch.setattr(table.plot, "draw", lambda groups, *a: drawn.append(groups) or real(groups, *a))
+    docs = tmp_path / "b.md"
+    docs.write_text("<!-- benchmark-table:begin -->\n<!-- benchmark-table:end -->\n")
+    assert table.main([str(tmp_path / "r"), "--figures", str(tmp_path / "fig"), "--docs", str(docs),
+                       "--reps", "100"]) == 0
+    assert [[p.name for p in paths] for _, paths, _ in drawn[0]] == [["s0", "s1", "s2"]]
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["hopper.csv", "hopper.md", "hopper.png"]
+    before = {p: p.read_bytes() for p in [docs, *(tmp_path / "fig").iterdir()]}
+    fake_run(tmp_path / "r" / "ppo_Ant" / "s0", "ppo", "Ant-v5", 0, 10.0, tag="losses/value")  # no return curve
+    capsys.readouterr()
+    assert table.main([str(tmp_path / "r"), "--figures", str(tmp_path / "fig"), "--docs", str(docs)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: benchmark_table.py: the figure for Ant: no run of"), err
+    assert {p: p.read_bytes() for p in [docs, *(tmp_path / "fig").iterdir()]} == before
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda run: (run / ".hydra" / "config.yaml").write_text("algo: [unclosed\n"), "cannot be read"),
+    (lambda run: (run / ".hydra" / "config.yaml").write_text("- a list\n"), "is not a mapping"),
+    (lambda run: (run / "metrics.json").write_text('{"eval/mean_return": NaN, "train/time_s": 1, '
+                                                   '"train/global_step": 1}'), "a finished run has a finite"),
+    (lambda run: (run / "metrics.json").write_text('{"eval/mean_return": 1, "train/time_s": 1, '
+                                                   '"train/global_step": 0}'), "a finished run has a finite"),
+    (lambda run: (run / "metrics.json").write_text('{"eval/mean_return": 1}'), "cannot be read (KeyError"),
+])
+def test_a_damaged_run_is_one_line(tmp_path, table, capsys, damage, expected):
+    fake_run(tmp_path / "r" / "s0", "trpo", "Hopper-v5", 0, 10.0)
+    damage(tmp_path / "r" / "s0")
+    assert table.main([str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
