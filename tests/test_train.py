@@ -34,7 +34,18 @@ def test_tuned_files_apply_to_their_task_only(tmp_path):
     generic = make_cfg("algo=trpo", "env=HalfCheetah", "env.id=Swimmer-v5", "~tuned")
     validate(generic)
     assert generic.tuned.file is None and generic.env.num_envs == 8 and generic.policy.log_std_init == 0.0
-    assert make_cfg("algo=trpo", "env=Hopper").tuned.file is None
+    assert make_cfg("algo=trpo", "env=Pendulum").tuned.file is None
+
+
+@pytest.mark.parametrize("algo", ["trpo", "ppo", "kl_penalty"])
+def test_every_benchmark_cell_has_a_tuned_file_for_its_task(algo):
+    for task in ("HalfCheetah", "Hopper", "Walker2d", "Ant", "Humanoid"):
+        cfg = make_cfg(f"algo={algo}", f"env={task}")
+        validate(cfg)
+        assert (cfg.tuned.file, cfg.tuned.env_id) == (f"{algo}_{task}", f"{task}-v5")
+        text = (ROOT / "configs" / "tuned" / f"{algo}_{task}.yaml").read_text()
+        comment = " ".join(line for line in text.splitlines()[1:] if line.startswith("#"))
+        assert f"on {task}" in comment and len(comment) > 100  # where its values come from
 
 
 def test_misspelt_key_fails_at_compose_time():
