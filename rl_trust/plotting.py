@@ -7,10 +7,12 @@ Needs the ``[plot]`` extra (rliable). ``scripts/plot.py`` is the command line.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import glob
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,10 +40,26 @@ class Run:
 
 
 def run_dirs(path: Path) -> list[Path]:
-    """``path`` if it holds a run (a TensorBoard events file), else every directory under it that does."""
+    """``path`` if it holds a run (a TensorBoard events file), else every directory under it that does, through
+    symbolic links too (a folder of links to runs is a group); a run reached twice is listed once, by its
+    shallowest path (breadth first), and a cycle of links ends."""
     if any(path.glob("events.out.tfevents.*")):
         return [path]
-    return sorted({p.parent for p in path.rglob("events.out.tfevents.*")})
+    found, seen, queue = [], set(), collections.deque([path])
+    while queue:
+        d = queue.popleft()
+        real = os.path.realpath(d)
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError:
+            continue
+        if any(e.name.startswith("events.out.tfevents.") and e.is_file() for e in entries):
+            found.append(d)
+        queue.extend(Path(e.path) for e in entries if e.is_dir())  # is_dir follows links
+    return sorted(found)
 
 
 def expand(label: str, pattern: str) -> list[Path]:

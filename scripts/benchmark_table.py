@@ -7,11 +7,18 @@ on-policy figures beside them; and one learning-curve figure per task with the u
 ROOT holds runs anywhere below it (a run: a directory with a TensorBoard events file and .hydra/config.yaml);
 they are grouped by their config's env.id and algo.name, so the layout the documented commands write
 (``ROOT/<algo>_<Task>/s<seed>``) and a multirun's both work; the runs of a row must share their config but for
-the seed (and what changes no result: RUN_ONLY). A run without metrics.json has not finished (still running,
-or stopped): it is counted as unfinished and left out of the figures. ``--docs FILE`` replaces the text
+the seed (and what changes no result: RUN_ONLY). A run without metrics.json has not finished: it is counted as
+running (a process holds its lock) or stopped, and left out of the figures. ``--docs FILE`` replaces the text
 between the lines ``<!-- benchmark-table:begin -->`` and ``<!-- benchmark-table:end -->`` of FILE with the
-table (the markers must be there); without it the table goes to stdout. The figures are drawn aside and the
-docs written to a temporary file first, so a failure leaves both as they were. Needs ``pip install -e '.[plot]'``.
+table (the markers must be there); without it the table goes to stdout.
+
+``--records DIR`` keeps the table's evidence where it can be versioned: each finished run of ROOT is copied to
+``DIR/<algo>_<Task>/s<seed>`` as a record (its .hydra/config.yaml, its metrics.json and an events file holding
+only the curve the figures draw, a few tens of KB), beside the records already there (a record whose config
+and metrics are the run's is left byte for byte; another is replaced), and the table and figures are made from
+DIR. A later call with no run left (``python scripts/benchmark_table.py DIR ...``) rebuilds them from the
+records alone. The figures are drawn aside, the records staged and the docs written to a temporary file first,
+so a failure leaves all three as they were. Needs ``pip install -e '.[plot]'``.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import yaml  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
-from rl_trust import plotting  # noqa: E402
+from rl_trust import checkpoint, plotting  # noqa: E402
 from rl_trust.cli import Parser  # noqa: E402
 from rl_trust.errors import ConfigError  # noqa: E402
 
@@ -68,6 +75,7 @@ class Cell:
     seeds: list[int] = field(default_factory=list)
     seconds_per_million: list[float] = field(default_factory=list)
     unfinished: int = 0
+    running: int = 0  # of the unfinished: those a process still trains (it holds the run's lock)
     paths: list[Path] = field(default_factory=list)  # the finished runs
     every: list[Path] = field(default_factory=list)  # and those not finished (left out of the figures)
     every_seed: list[int] = field(default_factory=list)
@@ -130,6 +138,7 @@ def collect(root: Path) -> dict[tuple[str, str], Cell]:
         metrics = run / "metrics.json"
         if not metrics.exists():
             cell.unfinished += 1
+            cell.running += checkpoint.locked(run)
             continue
         try:
             m = json.loads(metrics.read_text())
@@ -146,6 +155,54 @@ def collect(root: Path) -> dict[tuple[str, str], Cell]:
     return cells
 
 
+RECORD_TAGS = ("charts/episodic_return",)  # the curve the figures draw (scripts/plot.py's default tag)
+RECORD_EVENTS = "events.out.tfevents.record"
+
+
+def _same_record(run: Path, rec: Path) -> bool:
+    files = (Path(".hydra") / "config.yaml", Path("metrics.json"))
+    return (rec / RECORD_EVENTS).is_file() and all(
+        (rec / f).is_file() and (rec / f).read_bytes() == (run / f).read_bytes() for f in files)
+
+
+def _write_record(run: Path, rec: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    (rec / ".hydra").mkdir(parents=True)
+    shutil.copyfile(run / ".hydra" / "config.yaml", rec / ".hydra" / "config.yaml")
+    shutil.copyfile(run / "metrics.json", rec / "metrics.json")
+    with SummaryWriter(str(rec)) as w:
+        for tag in (t for t in RECORD_TAGS if t in acc.Tags()["scalars"]):
+            for e in acc.Scalars(tag):
+                w.add_scalar(tag, e.value, e.step, walltime=e.wall_time)
+    (written,) = rec.glob("events.out.tfevents.*")
+    written.rename(rec / RECORD_EVENTS)  # a name without host, pid and time
+
+
+def record(cells: dict[tuple[str, str], Cell], dest: Path, staging: Path) -> tuple[int, int]:
+    """Stage in ``staging`` the records of ``dest`` with those of the finished runs of ``cells`` merged in (a
+    run's record replaces the one of its (updater, task, seed)); returns (runs recorded anew, records kept)."""
+    if dest.is_dir():
+        shutil.copytree(dest, staging, dirs_exist_ok=True)
+    new = kept = 0
+    for c in cells.values():
+        for run, seed in zip(c.paths, c.seeds, strict=True):
+            rec = staging / f"{c.algo}_{c.task}" / f"s{seed}"
+            if rec.exists() and _same_record(run, rec):
+                kept += 1
+                continue
+            shutil.rmtree(rec, ignore_errors=True)
+            try:
+                _write_record(run, rec)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"{run} cannot be recorded ({type(e).__name__}: {e})") from None
+            new += 1
+    return new, kept
+
+
 def _order(cells: dict[tuple[str, str], Cell]) -> list[Cell]:
     tasks = [t for t in PUBLISHED if any(k[0] == t for k in cells)] + sorted({k[0] for k in cells} - set(PUBLISHED))
     algos = list(UPDATERS) + sorted({k[1] for k in cells} - set(UPDATERS))
@@ -159,7 +216,9 @@ def table(cells: dict[tuple[str, str], Cell], *, reps: int, seed: int) -> str:
     for c in _order(cells):
         published = PUBLISHED.get(c.task, {})
         target = published.get("target")
-        seeds = f"{len(c.finals)}" + (f" (+{c.unfinished} unfinished)" if c.unfinished else "")
+        stopped = c.unfinished - c.running
+        seeds = f"{len(c.finals)}" + "".join(f" (+{n} {what})" for n, what in ((c.running, "running"),
+                                                                               (stopped, "stopped")) if n)
         if c.finals:
             row = plotting.final_row(c.algo, [plotting.Run(p, None, f) for p, f in zip(c.paths, c.finals, strict=True)],
                                      reps=reps, ci=0.95, seed=seed)
@@ -216,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("root", type=Path, help="a directory of runs (searched recursively)")
     p.add_argument("--figures", type=Path, default=None, help="a directory for one learning-curve PNG per task")
     p.add_argument("--docs", type=Path, default=None, help="a markdown file whose marked block takes the table")
+    p.add_argument("--records", type=Path, default=None,
+                   help="a directory that keeps a small record of each finished run; the table is made from it")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     args = p.parse_args(argv)
@@ -229,7 +290,14 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"--figures {args.figures} exists and is not a directory")
     if args.docs is not None and not args.docs.is_file():
         return _fail(f"--docs {args.docs} is not a file")
-    staging = None
+    if args.records is not None:
+        if args.records.exists() and not args.records.is_dir():
+            return _fail(f"--records {args.records} exists and is not a directory")
+        inside = args.records.resolve().is_relative_to(args.root.resolve())
+        if inside and args.records.resolve() != args.root.resolve():
+            return _fail(f"--records {args.records} lies inside ROOT {args.root}: its records would count twice")
+    staging = records = None
+    recorded = ""
     try:
         plotting._rliable()
         if args.docs is not None:
@@ -237,6 +305,17 @@ def main(argv: list[str] | None = None) -> int:
         cells = collect(args.root)
         if not cells:
             return _fail(f"{args.root} holds no run (no TensorBoard events file in it or below it)")
+        if args.records is not None:  # staged beside DIR, swapped in last
+            args.records.parent.mkdir(parents=True, exist_ok=True)
+            records = Path(tempfile.mkdtemp(prefix=f".{args.records.name}-", dir=args.records.parent))
+            new, kept = record(cells, args.records, records)
+            unfinished = sum(c.unfinished for c in cells.values())
+            try:
+                cells = collect(records)
+            except ConfigError as e:  # named as the records the user keeps, not their staging copy
+                raise ConfigError(str(e).replace(str(records), str(args.records))) from None
+            recorded = f"{args.records} ({new} runs recorded, {kept} records unchanged" + (
+                f"; {unfinished} unfinished runs of {args.root} not recorded)" if unfinished else ")")
         block = table(cells, reps=args.reps, seed=args.seed)
         new_docs = splice(_read(args.docs), block, args.docs) if args.docs is not None else None
         written: list[Path] = []
@@ -247,6 +326,14 @@ def main(argv: list[str] | None = None) -> int:
             for path in drawn:
                 os.replace(path, args.figures / path.name)
             written = [args.figures / p.name for p in drawn if p.suffix == ".png"]
+        if records is not None:
+            old = args.records.with_name(f".{args.records.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            if args.records.exists():
+                args.records.rename(old)
+            records.rename(args.records)
+            records = None
+            shutil.rmtree(old, ignore_errors=True)
         if new_docs is not None:
             tmp = args.docs.with_name(args.docs.name + ".tmp")
             tmp.write_text(new_docs)
@@ -258,9 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
+        if records is not None:
+            shutil.rmtree(records, ignore_errors=True)
     if new_docs is None:
         print(block, end="")
-    done = [*([args.docs] if new_docs is not None else []), *written]
+    done = [*([args.docs] if new_docs is not None else []), *written, *([recorded] if recorded else [])]
     if done:  # to stderr when the table itself goes to stdout
         print(f"wrote {', '.join(map(str, done))}", file=sys.stdout if new_docs is not None else sys.stderr)
     return 0

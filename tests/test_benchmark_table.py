@@ -2,6 +2,8 @@
 direct computation, the docs block replaced in place, and the refusals that keep a row one config's seeds."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -39,12 +41,23 @@ def test_rows_per_task_and_updater_against_direct_computation(tmp_path, table, c
     for algo, values in finals.items():
         for seed, v in enumerate(values):
             fake_run(tmp_path / "runs" / f"{algo}_Hopper" / f"s{seed}", algo, "Hopper-v5", seed, v, minutes=4 + seed)
-    fake_run(tmp_path / "runs" / "ppo_Hopper" / "s9", "ppo", "Hopper-v5", 9)  # unfinished: not drawn
+    fake_run(tmp_path / "runs" / "ppo_Hopper" / "s9", "ppo", "Hopper-v5", 9)  # stopped: not drawn
+    fake_run(tmp_path / "runs" / "ppo_Hopper" / "s8", "ppo", "Hopper-v5", 8)  # still training: not drawn
+    lock = tmp_path / "runs" / "ppo_Hopper" / "s8" / ".lock"
+    lock.touch()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print(flush=True); time.sleep(120)", str(lock)],
+                              stdout=subprocess.PIPE)
+    holder.stdout.readline()  # the lock is held
     fake_run(tmp_path / "runs" / "kl_penalty_Ant" / "s0", "kl_penalty", "Ant-v5", 0, 5100.0)
     docs = tmp_path / "benchmarks.md"
     docs.write_text("# Benchmarks\n\n<!-- benchmark-table:begin -->\nstale\n<!-- benchmark-table:end -->\n\nafter\n")
-    assert table.main([str(tmp_path / "runs"), "--docs", str(docs), "--figures", str(tmp_path / "fig"),
-                       "--reps", "300"]) == 0
+    try:
+        assert table.main([str(tmp_path / "runs"), "--docs", str(docs), "--figures", str(tmp_path / "fig"),
+                           "--reps", "300"]) == 0
+    finally:
+        holder.kill()
+        holder.wait()
     text = docs.read_text()
     assert "stale" not in text and text.startswith("# Benchmarks\n") and text.endswith("\n\nafter\n")
     lines = [line for line in text.splitlines() if line.startswith("| ")]
@@ -58,7 +71,7 @@ def test_rows_per_task_and_updater_against_direct_computation(tmp_path, table, c
     assert trpo[6] == "5.5"  # the median of 4, 5, 6, 7 minutes per 1M steps
     assert trpo[9].startswith("no")  # mean 3012 < 3600
     ppo = _row(text, "Hopper", "PPO-clip").split(" | ")
-    assert ppo[2] == "3 (+1 unfinished)" and "Tianshou 2609" in ppo[7]
+    assert ppo[2] == "3 (+1 running) (+1 stopped)" and "Tianshou 2609" in ppo[7]
     assert _row(text, "Ant", "KL-penalty").split(" | ")[9] == "yes (< 3 seeds) |"
     assert {p.name for p in (tmp_path / "fig").glob("*.png")} == {"hopper.png", "ant.png"}
 
@@ -127,3 +140,67 @@ def test_a_damaged_run_is_one_line(tmp_path, table, capsys, damage, expected):
     assert table.main([str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0], err
+
+
+def _curve(run, tag="charts/episodic_return"):
+    from rl_trust import plotting
+
+    steps, values = plotting.load_curve(run, tag)
+    return list(steps), list(values)
+
+
+def test_records_keep_the_table_and_rebuild_it_with_no_run_left(tmp_path, table, capsys):
+    for seed in (0, 1):
+        fake_run(tmp_path / "runs" / "trpo_Hopper" / f"s{seed}", "trpo", "Hopper-v5", seed, 3000.0 + seed)
+    fake_run(tmp_path / "runs" / "trpo_Hopper" / "s2", "trpo", "Hopper-v5", 2)  # unfinished: not recorded
+    (tmp_path / "runs" / "trpo_Hopper" / "s0" / "checkpoints").mkdir()  # what a record leaves out
+    (tmp_path / "runs" / "trpo_Hopper" / "s0" / "checkpoints" / "final.pt").write_bytes(b"x" * 1000)
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("<!-- benchmark-table:begin -->\n<!-- benchmark-table:end -->\n")
+    rec = tmp_path / "docs" / "records"
+    assert table.main([str(tmp_path / "runs"), "--records", str(rec), "--docs", str(docs), "--reps", "200"]) == 0
+    assert "(2 runs recorded, 0 records unchanged; 1 unfinished runs of" in capsys.readouterr().out
+    s0 = rec / "trpo_Hopper" / "s0"
+    assert sorted(str(p.relative_to(s0)) for p in s0.rglob("*") if p.is_file()) == [
+        ".hydra/config.yaml", "events.out.tfevents.record", "metrics.json"]
+    assert _curve(s0) == _curve(tmp_path / "runs" / "trpo_Hopper" / "s0")
+    assert not (rec / "trpo_Hopper" / "s2").exists()
+    first = docs.read_text()
+    assert "| Hopper | TRPO | 2 |" in first and "0: 3000 1: 3001" in first
+    kept = (s0 / table.RECORD_EVENTS).read_bytes()
+
+    # the runs are gone; seed 2 finishes elsewhere: the records hold the first two, the third joins them
+    fake_run(tmp_path / "later" / "s2", "trpo", "Hopper-v5", 2, 3002.0)
+    assert table.main([str(tmp_path / "later"), "--records", str(rec), "--docs", str(docs), "--reps", "200"]) == 0
+    assert "(1 runs recorded, 0 records unchanged)" in capsys.readouterr().out
+    assert "| Hopper | TRPO | 3 |" in docs.read_text() and "0: 3000 1: 3001 2: 3002" in docs.read_text()
+    assert (s0 / table.RECORD_EVENTS).read_bytes() == kept
+    # the records alone rebuild the same table; recording them into themselves changes nothing
+    rebuilt = tmp_path / "rebuilt.md"
+    rebuilt.write_text(first)
+    assert table.main([str(rec), "--records", str(rec), "--docs", str(rebuilt), "--reps", "200"]) == 0
+    assert "(0 runs recorded, 3 records unchanged)" in capsys.readouterr().out
+    assert rebuilt.read_text() == docs.read_text()
+    assert (s0 / table.RECORD_EVENTS).read_bytes() == kept
+    assert sorted(p.name for p in rec.parent.iterdir()) == ["records"]  # no staging left behind
+
+
+def test_records_refusals_leave_the_records_as_they_were(tmp_path, table, capsys):
+    fake_run(tmp_path / "runs" / "s0", "trpo", "Hopper-v5", 0, 10.0)
+    rec = tmp_path / "rec"
+    assert table.main([str(tmp_path / "runs"), "--records", str(rec)]) == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in rec.rglob("*") if p.is_file()}
+    fake_run(tmp_path / "other" / "s1", "trpo", "Hopper-v5", 1, 12.0, lr=0.01)  # not the records' config
+    assert table.main([str(tmp_path / "other"), "--records", str(rec)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "differ in algo.lr, not only in seed" in err
+    assert f"{rec}/trpo_Hopper/s" in err  # the record, not its staging copy
+    assert {p: p.read_bytes() for p in rec.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "rec", "runs"]
+    assert table.main([str(tmp_path / "runs"), "--records", str(tmp_path / "runs" / "rec")]) == 1
+    assert "lies inside ROOT" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert table.main([str(tmp_path / "runs"), "--records", str(tmp_path / "file")]) == 1
+    err = capsys.readouterr().err
+    assert "--records" in err and "exists and is not a directory" in err

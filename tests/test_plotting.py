@@ -70,6 +70,19 @@ def test_plot_groups_by_glob_and_writes_figure_and_tables(tmp_path, capsys):
     assert "| trpo | Task-v0 | 3 | 101.0 ± 0.8 |" in md and md in capsys.readouterr().out
 
 
+def test_run_dirs_follow_links_and_list_a_run_once(tmp_path):
+    for seed in range(2):
+        fake_run(tmp_path / "runs" / f"ppo_s{seed}", "Task-v0", [1, 2, 3], final=3)
+    links = tmp_path / "runs" / "ppo_all"  # a folder of links to the runs, as the docs' plotting commands use
+    links.mkdir()
+    for seed in range(2):
+        (links / f"s{seed}").symlink_to(tmp_path / "runs" / f"ppo_s{seed}", target_is_directory=True)
+    (links / "loop").symlink_to(tmp_path / "runs", target_is_directory=True)  # a cycle: walked once
+    assert plotting.run_dirs(links) == [links / "s0", links / "s1"]
+    assert len(plotting.run_dirs(tmp_path / "runs")) == 2  # each run once, by its first path
+    assert plotting.expand("ppo", str(links)) == [links / "s0", links / "s1"]
+
+
 def test_a_group_over_two_tasks_is_refused(tmp_path, capsys):
     fake_run(tmp_path / "a", "Hopper-v5", [1, 2, 3], final=3)
     fake_run(tmp_path / "b", "Walker2d-v5", [1, 2, 3], final=3)
