@@ -213,7 +213,11 @@ def locked(run_dir: str | Path) -> bool:
     path = Path(run_dir) / ".lock"
     if Path(run_dir).resolve() in _held or not path.is_file():
         return False
-    with open(path, "a+") as f:
+    try:
+        f = open(path)  # read-only: a run the caller may not write (another user's, a read-only copy) is probed too
+    except OSError:
+        return False
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -73,7 +73,11 @@ def expand(label: str, pattern: str) -> list[Path]:
         matches = [Path(pattern)]
         if not matches[0].is_dir():
             raise ConfigError(f"{label}: {pattern} is not a directory")
-    runs = sorted({run for m in matches if m.is_dir() for run in run_dirs(m)})
+    runs, reals = [], set()
+    for run in sorted({run for m in matches if m.is_dir() for run in run_dirs(m)}):
+        if os.path.realpath(run) not in reals:  # a run matched directly and through a folder of links counts once
+            reals.add(os.path.realpath(run))
+            runs.append(run)
     if not runs:
         raise ConfigError(f"{label}: {pattern} holds no run (no TensorBoard events file in it or below it)")
     return runs

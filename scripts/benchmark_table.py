@@ -171,11 +171,14 @@ def _write_record(run: Path, rec: Path) -> None:
 
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
     acc.Reload()
+    tags = [t for t in RECORD_TAGS if t in acc.Tags()["scalars"]]
+    if not tags:
+        raise ConfigError(f"{run} never logged {', '.join(RECORD_TAGS)}: a record keeps that curve for the figures")
     (rec / ".hydra").mkdir(parents=True)
     shutil.copyfile(run / ".hydra" / "config.yaml", rec / ".hydra" / "config.yaml")
     shutil.copyfile(run / "metrics.json", rec / "metrics.json")
     with SummaryWriter(str(rec)) as w:
-        for tag in (t for t in RECORD_TAGS if t in acc.Tags()["scalars"]):
+        for tag in tags:
             for e in acc.Scalars(tag):
                 w.add_scalar(tag, e.value, e.step, walltime=e.wall_time)
     (written,) = rec.glob("events.out.tfevents.*")
@@ -290,12 +293,25 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"--figures {args.figures} exists and is not a directory")
     if args.docs is not None and not args.docs.is_file():
         return _fail(f"--docs {args.docs} is not a file")
+    rec_dir = old = None  # where the records live (a link is followed), and the name the swap parks them under
     if args.records is not None:
-        if args.records.exists() and not args.records.is_dir():
+        rec_dir, root = args.records.resolve(), args.root.resolve()
+        if rec_dir.exists() and not rec_dir.is_dir():
             return _fail(f"--records {args.records} exists and is not a directory")
-        inside = args.records.resolve().is_relative_to(args.root.resolve())
-        if inside and args.records.resolve() != args.root.resolve():
-            return _fail(f"--records {args.records} lies inside ROOT {args.root}: its records would count twice")
+        if rec_dir != root and rec_dir.is_relative_to(root):
+            return _fail(f"--records {args.records} lies inside ROOT {args.root}: its records would count twice; "
+                         f"give a directory outside ROOT")
+        if rec_dir != root and root.is_relative_to(rec_dir):
+            return _fail(f"ROOT {args.root} lies inside --records {args.records}, which is rewritten: give ROOT "
+                         f"outside it")
+        if args.figures is not None and args.figures.resolve().is_relative_to(rec_dir):
+            return _fail(f"--figures {args.figures} lies inside --records {args.records}, which is rewritten: "
+                         f"give them apart")
+        old = rec_dir.with_name(f".benchmark_table-old-{rec_dir.name}")
+        if os.path.lexists(old) and not rec_dir.exists():
+            return _fail(f"{old} holds the records of a call that was stopped: rename it to {rec_dir} first")
+        if rec_dir == root:  # the records themselves: the table is made from them and nothing is rewritten
+            rec_dir = None
     staging = records = None
     recorded = ""
     try:
@@ -305,35 +321,48 @@ def main(argv: list[str] | None = None) -> int:
         cells = collect(args.root)
         if not cells:
             return _fail(f"{args.root} holds no run (no TensorBoard events file in it or below it)")
-        if args.records is not None:  # staged beside DIR, swapped in last
-            args.records.parent.mkdir(parents=True, exist_ok=True)
-            records = Path(tempfile.mkdtemp(prefix=f".{args.records.name}-", dir=args.records.parent))
-            new, kept = record(cells, args.records, records)
-            unfinished = sum(c.unfinished for c in cells.values())
+        if rec_dir is not None:  # staged beside DIR; swapped in before the figures and the docs
+            shutil.rmtree(old, ignore_errors=True)  # a finished swap's leftover (DIR exists: checked above)
+            rec_dir.parent.mkdir(parents=True, exist_ok=True)
+            records = Path(tempfile.mkdtemp(prefix=".benchmark_table-records-", dir=rec_dir.parent))
+            new, kept = record(cells, rec_dir, records)
             try:
-                cells = collect(records)
+                merged = collect(records)
             except ConfigError as e:  # named as the records the user keeps, not their staging copy
                 raise ConfigError(str(e).replace(str(records), str(args.records))) from None
-            recorded = f"{args.records} ({new} runs recorded, {kept} records unchanged" + (
-                f"; {unfinished} unfinished runs of {args.root} not recorded)" if unfinished else ")")
+            unfinished = 0
+            for key, c in cells.items():  # ROOT's runs still training, or stopped, count in their rows
+                if c.unfinished:
+                    row = merged.setdefault(key, Cell(c.task, c.algo, c.env_id))
+                    row.unfinished += c.unfinished
+                    row.running += c.running
+                    unfinished += c.unfinished
+            cells = merged
+            if not any(c.finals for c in cells.values()):
+                raise ConfigError(f"{args.root} has no finished run and {args.records} no record: no table to make")
+            recorded = (f"{args.records} ({_n(new, 'run')} recorded, {_n(kept, 'record')} unchanged" +
+                        (f"; {_n(unfinished, 'unfinished run')} of {args.root} not recorded)" if unfinished else ")"))
         block = table(cells, reps=args.reps, seed=args.seed)
         new_docs = splice(_read(args.docs), block, args.docs) if args.docs is not None else None
-        written: list[Path] = []
+        drawn: list[Path] = []
         if args.figures is not None:  # drawn aside first: a failure leaves the old figures and docs as they were
             args.figures.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".benchmark_table-", dir=args.figures))
             drawn = figures(cells, staging, reps=args.reps, seed=args.seed)
-            for path in drawn:
-                os.replace(path, args.figures / path.name)
-            written = [args.figures / p.name for p in drawn if p.suffix == ".png"]
         if records is not None:
-            old = args.records.with_name(f".{args.records.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            if args.records.exists():
-                args.records.rename(old)
-            records.rename(args.records)
+            if rec_dir.exists():
+                rec_dir.rename(old)
+            try:
+                records.rename(rec_dir)
+            except OSError:
+                if old.exists():
+                    old.rename(rec_dir)
+                raise
             records = None
             shutil.rmtree(old, ignore_errors=True)
+        for path in drawn:
+            os.replace(path, args.figures / path.name)
+        written = [args.figures / p.name for p in drawn if p.suffix == ".png"]
         if new_docs is not None:
             tmp = args.docs.with_name(args.docs.name + ".tmp")
             tmp.write_text(new_docs)
@@ -341,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         return _fail(str(e))
     except OSError as e:
-        return _fail(f"cannot write {e.filename or args.figures or args.docs}: {e.strerror or e}")
+        where = e.filename or args.figures or args.docs
+        return _fail(f"cannot write {where}{f' as {e.filename2}' if e.filename2 else ''}: {e.strerror or e}")
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -353,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     if done:  # to stderr when the table itself goes to stdout
         print(f"wrote {', '.join(map(str, done))}", file=sys.stdout if new_docs is not None else sys.stderr)
     return 0
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _read(path: Path) -> str:

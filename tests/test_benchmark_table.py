@@ -2,6 +2,7 @@
 direct computation, the docs block replaced in place, and the refusals that keep a row one config's seeds."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -159,28 +160,33 @@ def test_records_keep_the_table_and_rebuild_it_with_no_run_left(tmp_path, table,
     docs.write_text("<!-- benchmark-table:begin -->\n<!-- benchmark-table:end -->\n")
     rec = tmp_path / "docs" / "records"
     assert table.main([str(tmp_path / "runs"), "--records", str(rec), "--docs", str(docs), "--reps", "200"]) == 0
-    assert "(2 runs recorded, 0 records unchanged; 1 unfinished runs of" in capsys.readouterr().out
+    assert "(2 runs recorded, 0 records unchanged; 1 unfinished run of" in capsys.readouterr().out
     s0 = rec / "trpo_Hopper" / "s0"
     assert sorted(str(p.relative_to(s0)) for p in s0.rglob("*") if p.is_file()) == [
         ".hydra/config.yaml", "events.out.tfevents.record", "metrics.json"]
     assert _curve(s0) == _curve(tmp_path / "runs" / "trpo_Hopper" / "s0")
     assert not (rec / "trpo_Hopper" / "s2").exists()
     first = docs.read_text()
-    assert "| Hopper | TRPO | 2 |" in first and "0: 3000 1: 3001" in first
+    assert "| Hopper | TRPO | 2 (+1 stopped) |" in first and "0: 3000 1: 3001" in first  # counted, not recorded
     kept = (s0 / table.RECORD_EVENTS).read_bytes()
 
     # the runs are gone; seed 2 finishes elsewhere: the records hold the first two, the third joins them
     fake_run(tmp_path / "later" / "s2", "trpo", "Hopper-v5", 2, 3002.0)
     assert table.main([str(tmp_path / "later"), "--records", str(rec), "--docs", str(docs), "--reps", "200"]) == 0
-    assert "(1 runs recorded, 0 records unchanged)" in capsys.readouterr().out
+    assert "(1 run recorded, 0 records unchanged)" in capsys.readouterr().out
     assert "| Hopper | TRPO | 3 |" in docs.read_text() and "0: 3000 1: 3001 2: 3002" in docs.read_text()
     assert (s0 / table.RECORD_EVENTS).read_bytes() == kept
-    # the records alone rebuild the same table; recording them into themselves changes nothing
-    rebuilt = tmp_path / "rebuilt.md"
-    rebuilt.write_text(first)
-    assert table.main([str(rec), "--records", str(rec), "--docs", str(rebuilt), "--reps", "200"]) == 0
-    assert "(0 runs recorded, 3 records unchanged)" in capsys.readouterr().out
-    assert rebuilt.read_text() == docs.read_text()
+    # the records alone rebuild the same table, with or without --records naming them (then nothing is rewritten)
+    for extra in ([], ["--records", str(rec)]):
+        rebuilt = tmp_path / "rebuilt.md"
+        rebuilt.write_text(first)
+        assert table.main([str(rec), *extra, "--docs", str(rebuilt), "--reps", "200"]) == 0
+        assert "recorded" not in capsys.readouterr().out
+        assert rebuilt.read_text() == docs.read_text()
+    # a run recorded again, unchanged, keeps its record's bytes
+    fake_run(tmp_path / "again" / "s2", "trpo", "Hopper-v5", 2, 3002.0)
+    assert table.main([str(tmp_path / "again"), "--records", str(rec), "--docs", str(docs), "--reps", "200"]) == 0
+    assert "(0 runs recorded, 1 record unchanged)" in capsys.readouterr().out
     assert (s0 / table.RECORD_EVENTS).read_bytes() == kept
     assert sorted(p.name for p in rec.parent.iterdir()) == ["records"]  # no staging left behind
 
@@ -204,3 +210,36 @@ def test_records_refusals_leave_the_records_as_they_were(tmp_path, table, capsys
     assert table.main([str(tmp_path / "runs"), "--records", str(tmp_path / "file")]) == 1
     err = capsys.readouterr().err
     assert "--records" in err and "exists and is not a directory" in err
+
+
+def test_records_paths_that_would_clash_are_refused(tmp_path, table, capsys):
+    rec = tmp_path / "rec"
+    fake_run(tmp_path / "runs" / "s0", "trpo", "Hopper-v5", 0, 10.0)
+    assert table.main([str(tmp_path / "runs"), "--records", str(rec)]) == 0
+    capsys.readouterr()
+    fake_run(rec / "incoming" / "s1", "trpo", "Hopper-v5", 1, 11.0)  # ROOT inside the records it rewrites
+    assert table.main([str(rec / "incoming"), "--records", str(rec)]) == 1
+    assert "lies inside --records" in capsys.readouterr().err and (rec / "incoming" / "s1" / "metrics.json").exists()
+    shutil.rmtree(rec / "incoming")
+    assert table.main([str(tmp_path / "runs"), "--records", str(rec), "--figures", str(rec / "fig")]) == 1
+    assert "--figures" in capsys.readouterr().err and not (rec / "fig").exists()
+    # a link to the records: they are written where it points, and the link stays
+    link = tmp_path / "link"
+    link.symlink_to(rec, target_is_directory=True)
+    fake_run(tmp_path / "more" / "s1", "trpo", "Hopper-v5", 1, 11.0)
+    assert table.main([str(tmp_path / "more"), "--records", str(link)]) == 0
+    assert link.is_symlink() and (rec / "trpo_Hopper" / "s1" / "metrics.json").exists()
+    capsys.readouterr()
+    # a call stopped between its two renames leaves the records parked: the next call says where they are
+    (tmp_path / ".benchmark_table-old-rec").mkdir()
+    rec.rename(tmp_path / "parked")
+    assert table.main([str(tmp_path / "more"), "--records", str(rec)]) == 1
+    assert "holds the records of a call that was stopped" in capsys.readouterr().err
+
+
+def test_a_run_without_the_curve_is_not_recorded(tmp_path, table, capsys):
+    fake_run(tmp_path / "runs" / "s0", "trpo", "Hopper-v5", 0, 10.0, tag="losses/value")
+    assert table.main([str(tmp_path / "runs"), "--records", str(tmp_path / "rec")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "never logged charts/episodic_return" in err
+    assert not (tmp_path / "rec").exists()

@@ -79,8 +79,10 @@ def test_run_dirs_follow_links_and_list_a_run_once(tmp_path):
         (links / f"s{seed}").symlink_to(tmp_path / "runs" / f"ppo_s{seed}", target_is_directory=True)
     (links / "loop").symlink_to(tmp_path / "runs", target_is_directory=True)  # a cycle: walked once
     assert plotting.run_dirs(links) == [links / "s0", links / "s1"]
-    assert len(plotting.run_dirs(tmp_path / "runs")) == 2  # each run once, by its first path
+    runs = tmp_path / "runs"
+    assert plotting.run_dirs(runs) == [runs / "ppo_s0", runs / "ppo_s1"]  # once each, by the shallowest path
     assert plotting.expand("ppo", str(links)) == [links / "s0", links / "s1"]
+    assert len(plotting.expand("ppo", f"{runs}/ppo*")) == 2  # matched directly and through the links: once
 
 
 def test_a_group_over_two_tasks_is_refused(tmp_path, capsys):
