@@ -26,7 +26,7 @@ def holds_run(path: str | Path) -> bool:
     path = Path(path)
     if not path.is_dir():
         return False
-    ours = ("metrics.json", checkpoint.FINAL, checkpoint.SUBDIR)
+    ours = ("metrics.json", "machine.json", checkpoint.FINAL, checkpoint.SUBDIR)
     return (checkpoint.locked(path) or any((path / name).exists() for name in ours)
             or any(path.glob("events.out.tfevents.*")))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import random
 import sys
 import time
@@ -156,6 +157,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: dict | None 
                 # an extended run is not finished any more: keep what it finished with (its checkpoint.pt
                 # stays until the extension's own final one replaces it)
                 os.replace(out_dir / "metrics.json", out_dir / f"metrics_step{global_step}.json")
+        record_machine(out_dir, global_step, device)
         if total != cfg.total_steps and resume is None:  # said once everything is checked
             note(f"total_steps={cfg.total_steps} is not a multiple of the batch (env.num_envs * "
                  f"rollout.steps_per_env = {steps_per_update}): training {total} steps ({num_updates} updates)")
@@ -281,6 +283,45 @@ def _restore(state: dict, cfg: DictConfig, device: torch.device, actor, critic, 
         guard.load_state_dict(state["guards"][name])
     set_global_rng_state(state["rng"], device)
     return int(state["global_step"])
+
+
+MACHINE_FILE = "machine.json"  # in the run directory: one entry per process that trained part of the run
+MACHINE_PACKAGES = ("torch", "numpy", "gymnasium", "mujoco")
+
+
+def machine(device: torch.device | str = "cpu") -> dict[str, object]:
+    """What a run's numbers depend on beyond its config: the CPU model (the same seed gives other floats, and so
+    other episodes, on another model: docs/benchmarks.md), the accelerator and the library versions."""
+    from importlib import metadata
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    info: dict[str, object] = {"cpu": cpu, "cpus": os.cpu_count(), "system": platform.platform(),
+                               "python": platform.python_version()}
+    for name in MACHINE_PACKAGES:
+        try:
+            info[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            info[name] = None
+    info["torch"] = torch.__version__  # the build's own label (+cpu, +cu128) rather than the package's
+    info["device"] = str(device)
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def record_machine(out_dir: Path, global_step: int, device: torch.device | str = "cpu") -> None:
+    """Append this process's :func:`machine` to the run's machine.json, from ``global_step`` on (a resumed
+    run keeps the entries of the processes before it)."""
+    path = out_dir / MACHINE_FILE
+    entries = []
+    with contextlib.suppress(OSError, ValueError):
+        entries = [e for e in json.loads(path.read_text()) if e.get("from_step", 0) < global_step]
+    entries.append({"from_step": global_step} | machine(device))
+    checkpoint.write_bytes(path, json.dumps(entries, indent=2).encode())
 
 
 def episode_metrics(episodes: EpisodeStats) -> dict[str, float]:
