@@ -13,12 +13,14 @@ between the lines ``<!-- benchmark-table:begin -->`` and ``<!-- benchmark-table:
 table (the markers must be there); without it the table goes to stdout.
 
 ``--records DIR`` keeps the table's evidence where it can be versioned: each finished run of ROOT is copied to
-``DIR/<algo>_<Task>/s<seed>`` as a record (its .hydra/config.yaml, its metrics.json and an events file holding
-only the curve the figures draw, a few tens of KB), beside the records already there (a record whose config
+``DIR/<algo>_<Task>/s<seed>`` as a record (its .hydra/config.yaml, metrics.json and machine.json and an events
+file holding only the curve the figures draw, a few tens of KB), beside the records already there (a record whose config
 and metrics are the run's is left byte for byte; another is replaced), and the table and figures are made from
 DIR. A later call with no run left (``python scripts/benchmark_table.py DIR ...``) rebuilds them from the
 records alone. The figures are drawn aside, the records staged and the docs written to a temporary file first,
-so a failure leaves all three as they were. Needs ``pip install -e '.[plot]'``.
+so a failure leaves all three as they were. Each row names the machines its seeds ran on (each run's
+machine.json: CPU model and library versions; the same seed gives another return on another CPU model), with
+a legend under the table. Needs ``pip install -e '.[plot]'``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 from rl_trust import checkpoint, plotting  # noqa: E402
 from rl_trust.cli import Parser  # noqa: E402
 from rl_trust.errors import ConfigError  # noqa: E402
+from rl_trust.train import MACHINE_FILE  # noqa: E402
 
 BEGIN, END = "<!-- benchmark-table:begin -->", "<!-- benchmark-table:end -->"
 # What may differ between the seeds of one row: the seed, and what changes no result (the tuned file's name is a
@@ -77,6 +80,7 @@ class Cell:
     unfinished: int = 0
     running: int = 0  # of the unfinished: those a process still trains (it holds the run's lock)
     paths: list[Path] = field(default_factory=list)  # the finished runs
+    machines: list[str | None] = field(default_factory=list)  # and where each ran (None: not recorded)
     every: list[Path] = field(default_factory=list)  # and those not finished (left out of the figures)
     every_seed: list[int] = field(default_factory=list)
     settings: dict | None = None  # the config but for RUN_ONLY: equal across a cell's runs
@@ -152,7 +156,27 @@ def collect(root: Path) -> dict[tuple[str, str], Cell]:
         cell.seeds.append(seed)
         cell.seconds_per_million.append(seconds * 1e6 / steps)
         cell.paths.append(run)
+        cell.machines.append(_machine(run))
     return cells
+
+
+def _machine(run: Path) -> str | None:
+    """Where ``run`` was trained, from its machine.json (one entry per process: joined by "then"); None for a
+    run from before runs recorded it."""
+    path = run / MACHINE_FILE
+    if not path.exists():
+        return None
+    try:
+        entries = json.loads(path.read_text())
+        described = []
+        for e in entries:
+            gpu = f", {e['gpu']}" if str(e.get("device", "cpu")).startswith("cuda") else ""
+            described.append(f"{e['cpu']} ({e['cpus']} CPUs{gpu}), torch {e['torch']}, MuJoCo {e['mujoco']}")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{path} cannot be read ({type(e).__name__}: {e})") from None
+    if not described:
+        raise ConfigError(f"{path} lists no machine")
+    return " then ".join(dict.fromkeys(described))
 
 
 RECORD_TAGS = ("charts/episodic_return",)  # the curve the figures draw (scripts/plot.py's default tag)
@@ -160,9 +184,11 @@ RECORD_EVENTS = "events.out.tfevents.record"
 
 
 def _same_record(run: Path, rec: Path) -> bool:
-    files = (Path(".hydra") / "config.yaml", Path("metrics.json"))
+    files = (Path(".hydra") / "config.yaml", Path("metrics.json"), Path(MACHINE_FILE))
     return (rec / RECORD_EVENTS).is_file() and all(
-        (rec / f).is_file() and (rec / f).read_bytes() == (run / f).read_bytes() for f in files)
+        (rec / f).is_file() == (run / f).is_file() and (not (rec / f).is_file() or
+                                                        (rec / f).read_bytes() == (run / f).read_bytes())
+        for f in files)
 
 
 def _write_record(run: Path, rec: Path) -> None:
@@ -177,6 +203,8 @@ def _write_record(run: Path, rec: Path) -> None:
     (rec / ".hydra").mkdir(parents=True)
     shutil.copyfile(run / ".hydra" / "config.yaml", rec / ".hydra" / "config.yaml")
     shutil.copyfile(run / "metrics.json", rec / "metrics.json")
+    if (run / MACHINE_FILE).is_file():
+        shutil.copyfile(run / MACHINE_FILE, rec / MACHINE_FILE)
     with SummaryWriter(str(rec)) as w:
         for tag in tags:
             for e in acc.Scalars(tag):
@@ -214,9 +242,11 @@ def _order(cells: dict[tuple[str, str], Cell]) -> list[Cell]:
 
 def table(cells: dict[tuple[str, str], Cell], *, reps: int, seed: int) -> str:
     lines = ["| task | updater | seeds | mean ± std | IQM [95% CI] | per seed (seed: return) | min / 1M steps | "
-             "published at 1M | target | met |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for c in _order(cells):
+             "machine | published at 1M | target | met |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    order = _order(cells)
+    labels = {m: f"M{i + 1}" for i, m in enumerate(dict.fromkeys(m for c in order for m in c.machines if m))}
+    for c in order:
         published = PUBLISHED.get(c.task, {})
         target = published.get("target")
         stopped = c.unfinished - c.running
@@ -234,8 +264,14 @@ def table(cells: dict[tuple[str, str], Cell], *, reps: int, seed: int) -> str:
                 met += " (< 3 seeds)"
         else:
             per_seed, wall, stats, met = "", "", "— | —", "—"
+        where = ", ".join(dict.fromkeys(labels[m] if m else "?" for m in c.machines))
         lines.append(f"| {c.task} | {UPDATERS.get(c.algo, c.algo)} | {seeds} | {stats} | {per_seed} | {wall} | "
-                     f"{published.get(c.algo, '—')} | {target if target is not None else '—'} | {met} |")
+                     f"{where} | {published.get(c.algo, '—')} | {target if target is not None else '—'} | {met} |")
+    legend = [f"{label}: {m}" for m, label in labels.items()]
+    if any(m is None for c in order for m in c.machines):
+        legend.append("?: not recorded (a run from before runs wrote machine.json)")
+    if legend:
+        lines += ["", "Machines: " + "; ".join(legend) + "."]
     return "\n".join(lines) + "\n"
 
 

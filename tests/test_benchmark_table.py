@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +15,12 @@ from torch.utils.tensorboard import SummaryWriter
 
 
 def fake_run(path, algo, env_id, seed, final=None, minutes=10.0, lr=0.001, tag="charts/episodic_return",
-             tuned="null"):
+             tuned="null", cpus=()):
     path.mkdir(parents=True)
+    if cpus:  # machine.json: one entry per process that trained the run
+        (path / "machine.json").write_text(json.dumps([
+            {"from_step": i * 1000, "cpu": cpu, "cpus": 2, "torch": "2.13.0+cpu", "mujoco": "3.3.7", "device": "cpu"}
+            for i, cpu in enumerate(cpus)]))
     with SummaryWriter(str(path)) as w:
         for step in range(20):
             w.add_scalar(tag, final or 0.0 * step, (step + 1) * 50_000)
@@ -39,9 +44,11 @@ def _row(text, task, updater):
 
 def test_rows_per_task_and_updater_against_direct_computation(tmp_path, table, capsys):
     finals = {"trpo": [3500.0, 3700.0, 3650.0, 1200.0], "ppo": [2000.0, 2500.0, 3000.0]}
+    cpus = {"trpo": ["Xeon", "EPYC", "Xeon", "Xeon"], "ppo": ["EPYC", "EPYC", "Xeon"]}  # where each seed ran
     for algo, values in finals.items():
         for seed, v in enumerate(values):
-            fake_run(tmp_path / "runs" / f"{algo}_Hopper" / f"s{seed}", algo, "Hopper-v5", seed, v, minutes=4 + seed)
+            fake_run(tmp_path / "runs" / f"{algo}_Hopper" / f"s{seed}", algo, "Hopper-v5", seed, v, minutes=4 + seed,
+                     cpus=[cpus[algo][seed]])
     fake_run(tmp_path / "runs" / "ppo_Hopper" / "s9", "ppo", "Hopper-v5", 9)  # stopped: not drawn
     fake_run(tmp_path / "runs" / "ppo_Hopper" / "s8", "ppo", "Hopper-v5", 8)  # still training: not drawn
     lock = tmp_path / "runs" / "ppo_Hopper" / "s8" / ".lock"
@@ -70,10 +77,13 @@ def test_rows_per_task_and_updater_against_direct_computation(tmp_path, table, c
     assert trpo[4].startswith(f"{trim_mean(values, 0.25):.0f} [")
     assert trpo[5] == "0: 3500 1: 3700 2: 3650 3: 1200"
     assert trpo[6] == "5.5"  # the median of 4, 5, 6, 7 minutes per 1M steps
-    assert trpo[9].startswith("no")  # mean 3012 < 3600
+    assert trpo[7] == "M1, M2" and trpo[10].startswith("no")  # mean 3012 < 3600
     ppo = _row(text, "Hopper", "PPO-clip").split(" | ")
-    assert ppo[2] == "3 (+1 running) (+1 stopped)" and "Tianshou 2609" in ppo[7]
-    assert _row(text, "Ant", "KL-penalty").split(" | ")[9] == "yes (< 3 seeds) |"
+    assert ppo[2] == "3 (+1 running) (+1 stopped)" and "Tianshou 2609" in ppo[8] and ppo[7] == "M2, M1"
+    ant = _row(text, "Ant", "KL-penalty").split(" | ")
+    assert ant[7] == "?" and ant[10] == "yes (< 3 seeds) |"  # a run from before machine.json
+    assert ("Machines: M1: Xeon (2 CPUs), torch 2.13.0+cpu, MuJoCo 3.3.7; M2: EPYC (2 CPUs), torch 2.13.0+cpu, "
+            "MuJoCo 3.3.7; ?: not recorded") in text
     assert {p.name for p in (tmp_path / "fig").glob("*.png")} == {"hopper.png", "ant.png"}
 
 
@@ -134,6 +144,8 @@ def test_figures_draw_finished_runs_only_and_a_failure_leaves_everything(tmp_pat
     (lambda run: (run / "metrics.json").write_text('{"eval/mean_return": 1, "train/time_s": 1, '
                                                    '"train/global_step": 0}'), "a finished run has a finite"),
     (lambda run: (run / "metrics.json").write_text('{"eval/mean_return": 1}'), "cannot be read (KeyError"),
+    (lambda run: (run / "machine.json").write_text('[{"cpu": "Xeon"}]'), "machine.json cannot be read (KeyError"),
+    (lambda run: (run / "machine.json").write_text('[]'), "machine.json lists no machine"),
 ])
 def test_a_damaged_run_is_one_line(tmp_path, table, capsys, damage, expected):
     fake_run(tmp_path / "r" / "s0", "trpo", "Hopper-v5", 0, 10.0)
@@ -152,7 +164,8 @@ def _curve(run, tag="charts/episodic_return"):
 
 def test_records_keep_the_table_and_rebuild_it_with_no_run_left(tmp_path, table, capsys):
     for seed in (0, 1):
-        fake_run(tmp_path / "runs" / "trpo_Hopper" / f"s{seed}", "trpo", "Hopper-v5", seed, 3000.0 + seed)
+        fake_run(tmp_path / "runs" / "trpo_Hopper" / f"s{seed}", "trpo", "Hopper-v5", seed, 3000.0 + seed,
+                 cpus=["Xeon"] if seed == 0 else [])
     fake_run(tmp_path / "runs" / "trpo_Hopper" / "s2", "trpo", "Hopper-v5", 2)  # unfinished: not recorded
     (tmp_path / "runs" / "trpo_Hopper" / "s0" / "checkpoints").mkdir()  # what a record leaves out
     (tmp_path / "runs" / "trpo_Hopper" / "s0" / "checkpoints" / "final.pt").write_bytes(b"x" * 1000)
@@ -163,7 +176,10 @@ def test_records_keep_the_table_and_rebuild_it_with_no_run_left(tmp_path, table,
     assert "(2 runs recorded, 0 records unchanged; 1 unfinished run of" in capsys.readouterr().out
     s0 = rec / "trpo_Hopper" / "s0"
     assert sorted(str(p.relative_to(s0)) for p in s0.rglob("*") if p.is_file()) == [
-        ".hydra/config.yaml", "events.out.tfevents.record", "metrics.json"]
+        ".hydra/config.yaml", "events.out.tfevents.record", "machine.json", "metrics.json"]
+    run0 = tmp_path / "runs" / "trpo_Hopper" / "s0"
+    assert (s0 / "machine.json").read_bytes() == (run0 / "machine.json").read_bytes()
+    assert not (rec / "trpo_Hopper" / "s1" / "machine.json").exists()
     assert _curve(s0) == _curve(tmp_path / "runs" / "trpo_Hopper" / "s0")
     assert not (rec / "trpo_Hopper" / "s2").exists()
     first = docs.read_text()
@@ -243,3 +259,18 @@ def test_a_run_without_the_curve_is_not_recorded(tmp_path, table, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "never logged charts/episodic_return" in err
     assert not (tmp_path / "rec").exists()
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_documented_records_are_versioned():
+    """docs/table/runs is what the table is rebuilt from: no ignore rule may keep it out of git."""
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = ["docs/table/runs/trpo_Hopper/s0/metrics.json", "docs/table/runs/trpo_Hopper/s0/machine.json",
+             "docs/table/runs/trpo_Hopper/s0/.hydra/config.yaml",
+             "docs/table/runs/trpo_Hopper/s0/events.out.tfevents.record"]
+    out = subprocess.run(["git", "-C", str(REPO), "check-ignore", "--no-index", *paths], capture_output=True, text=True)
+    assert out.returncode == 1 and out.stdout == "", out.stdout  # 1: none of them is ignored
+

@@ -2,9 +2,11 @@
 that never was (metrics apart from wall-clock time, networks, optimizer and every other state)."""
 
 import json
+import os
 import shutil
 
 import pytest
+import torch
 from conftest import make_cfg, run_cli, tiny
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -12,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from rl_trust import checkpoint
 from rl_trust.errors import ConfigError
 from rl_trust.runs import resume_config
-from rl_trust.train import WALL_CLOCK_KEYS, run
+from rl_trust.train import MACHINE_FILE, WALL_CLOCK_KEYS, machine, run
 
 BATCH = 2 * 32  # tiny(): env.num_envs=2, rollout.steps_per_env=32
 
@@ -72,6 +74,27 @@ def test_resume_from_any_checkpoint_is_bit_exact(tmp_path, algo, workers):
         assert_same(final_state(resumed), final_state(reference))
         # TensorBoard: one value per step, the same as the uninterrupted run's (purge_step dropped the rest)
         assert scalars(resumed) == scalars(reference)
+
+
+def test_a_run_records_each_machine_that_trained_it(tmp_path, monkeypatch):
+    """machine.json: one entry per process, from the step it started at; a resume from an earlier checkpoint
+    drops the entries of the processes whose steps it replays."""
+    cfg = resumable("trpo")
+    reference = tmp_path / "reference"
+    run(cfg, reference)
+    (entry,) = json.loads((reference / MACHINE_FILE).read_text())
+    here = machine()
+    assert entry == {"from_step": 0} | here and here["cpu"] and here["torch"] == torch.__version__
+    assert here["cpus"] == os.cpu_count() and here["device"] == "cpu" and "gpu" not in here
+    resumed = interrupt_at(reference, 4 * BATCH, tmp_path / "resumed")
+    monkeypatch.setattr("rl_trust.train.machine", lambda device="cpu": here | {"cpu": "another CPU"})
+    run(cfg, resumed, resume=checkpoint.load_latest(resumed)[0])
+    entries = json.loads((resumed / MACHINE_FILE).read_text())
+    assert [(e["from_step"], e["cpu"]) for e in entries] == [(0, here["cpu"]), (4 * BATCH, "another CPU")]
+    again = interrupt_at(resumed, 2 * BATCH, tmp_path / "again")  # replays the second process's steps
+    run(cfg, again, resume=checkpoint.load_latest(again)[0])
+    entries = json.loads((again / MACHINE_FILE).read_text())
+    assert [(e["from_step"], e["cpu"]) for e in entries] == [(0, here["cpu"]), (2 * BATCH, "another CPU")]
 
 
 def test_checkpoints_do_not_change_the_run(tmp_path):
