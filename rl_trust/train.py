@@ -299,7 +299,9 @@ def machine(device: torch.device | str = "cpu") -> dict[str, object]:
         names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                  if line.startswith("model name")]
         cpu = names[0] if names else cpu
-    info: dict[str, object] = {"cpu": cpu, "cpus": os.cpu_count(), "system": platform.platform(),
+    # the CPUs this process may use (a container's share), not the host's count
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info: dict[str, object] = {"cpu": cpu, "cpus": cpus, "system": platform.platform(),
                                "python": platform.python_version()}
     for name in MACHINE_PACKAGES:
         try:
@@ -314,14 +316,27 @@ def machine(device: torch.device | str = "cpu") -> dict[str, object]:
 
 
 def record_machine(out_dir: Path, global_step: int, device: torch.device | str = "cpu") -> None:
-    """Append this process's :func:`machine` to the run's machine.json, from ``global_step`` on (a resumed
-    run keeps the entries of the processes before it)."""
+    """Append this process's :func:`machine` to the run's machine.json, from ``global_step`` on. A resumed run
+    keeps the entries of the processes before it (those whose steps it does not replay); steps no entry covers
+    (a run from before runs recorded their machine) get an entry with ``cpu: null``; a damaged file is set aside
+    as machine.json.damaged, with a note, and its steps counted as not recorded."""
     path = out_dir / MACHINE_FILE
-    entries = []
-    with contextlib.suppress(OSError, ValueError):
-        entries = [e for e in json.loads(path.read_text()) if e.get("from_step", 0) < global_step]
-    entries.append({"from_step": global_step} | machine(device))
-    checkpoint.write_bytes(path, json.dumps(entries, indent=2).encode())
+    kept = []
+    if path.exists():
+        try:
+            entries = json.loads(path.read_text())
+            if not (isinstance(entries, list) and all(isinstance(e, dict) and type(e.get("from_step")) is int
+                                                      for e in entries)):
+                raise ValueError("not a list of entries, each with an integer from_step")
+            kept = [e for e in entries if e["from_step"] < global_step]
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            os.replace(path, path.with_name(f"{MACHINE_FILE}.damaged"))
+            note(f"{path} cannot be read ({e}): kept as {MACHINE_FILE}.damaged; the steps before {global_step} are "
+                 f"recorded as run on an unknown machine")
+    if global_step > 0 and (not kept or kept[0]["from_step"] > 0):
+        kept.insert(0, {"from_step": 0, "cpu": None})  # not recorded
+    kept.append({"from_step": global_step} | machine(device))
+    checkpoint.write_bytes(path, json.dumps(kept, indent=2).encode())
 
 
 def episode_metrics(episodes: EpisodeStats) -> dict[str, float]:

@@ -80,7 +80,8 @@ class Cell:
     unfinished: int = 0
     running: int = 0  # of the unfinished: those a process still trains (it holds the run's lock)
     paths: list[Path] = field(default_factory=list)  # the finished runs
-    machines: list[str | None] = field(default_factory=list)  # and where each ran (None: not recorded)
+    # and where each ran: per process that trained part of it, the machine (None: not recorded)
+    machines: list[tuple[str | None, ...]] = field(default_factory=list)
     every: list[Path] = field(default_factory=list)  # and those not finished (left out of the figures)
     every_seed: list[int] = field(default_factory=list)
     settings: dict | None = None  # the config but for RUN_ONLY: equal across a cell's runs
@@ -160,23 +161,26 @@ def collect(root: Path) -> dict[tuple[str, str], Cell]:
     return cells
 
 
-def _machine(run: Path) -> str | None:
-    """Where ``run`` was trained, from its machine.json (one entry per process: joined by "then"); None for a
-    run from before runs recorded it."""
+def _machine(run: Path) -> tuple[str | None, ...]:
+    """Where ``run`` was trained, from its machine.json: one description per process that trained part of it, None
+    for steps whose machine was not recorded (all of a run from before runs recorded it)."""
     path = run / MACHINE_FILE
     if not path.exists():
-        return None
+        return (None,)
     try:
-        entries = json.loads(path.read_text())
         described = []
-        for e in entries:
+        for e in json.loads(path.read_text()):
+            if e["cpu"] is None:
+                described.append(None)
+                continue
             gpu = f", {e['gpu']}" if str(e.get("device", "cpu")).startswith("cuda") else ""
-            described.append(f"{e['cpu']} ({e['cpus']} CPUs{gpu}), torch {e['torch']}, MuJoCo {e['mujoco']}")
+            described.append(f"{e['cpu']} ({e['cpus']} CPUs{gpu}), Python {e.get('python', '?')}, torch {e['torch']}, "
+                             f"numpy {e.get('numpy', '?')}, gymnasium {e.get('gymnasium', '?')}, MuJoCo {e['mujoco']}")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"{path} cannot be read ({type(e).__name__}: {e})") from None
     if not described:
         raise ConfigError(f"{path} lists no machine")
-    return " then ".join(dict.fromkeys(described))
+    return tuple(described)
 
 
 RECORD_TAGS = ("charts/episodic_return",)  # the curve the figures draw (scripts/plot.py's default tag)
@@ -245,7 +249,8 @@ def table(cells: dict[tuple[str, str], Cell], *, reps: int, seed: int) -> str:
              "machine | published at 1M | target | met |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = _order(cells)
-    labels = {m: f"M{i + 1}" for i, m in enumerate(dict.fromkeys(m for c in order for m in c.machines if m))}
+    labels = {m: f"M{i + 1}" for i, m in
+              enumerate(dict.fromkeys(m for c in order for run in c.machines for m in run if m))} | {None: "?"}
     for c in order:
         published = PUBLISHED.get(c.task, {})
         target = published.get("target")
@@ -264,11 +269,11 @@ def table(cells: dict[tuple[str, str], Cell], *, reps: int, seed: int) -> str:
                 met += " (< 3 seeds)"
         else:
             per_seed, wall, stats, met = "", "", "— | —", "—"
-        where = ", ".join(dict.fromkeys(labels[m] if m else "?" for m in c.machines))
+        where = ", ".join(dict.fromkeys("→".join(labels[m] for m in run) for run in c.machines))  # a moved run: M1→M2
         lines.append(f"| {c.task} | {UPDATERS.get(c.algo, c.algo)} | {seeds} | {stats} | {per_seed} | {wall} | "
                      f"{where} | {published.get(c.algo, '—')} | {target if target is not None else '—'} | {met} |")
-    legend = [f"{label}: {m}" for m, label in labels.items()]
-    if any(m is None for c in order for m in c.machines):
+    legend = [f"{label}: {m}" for m, label in labels.items() if m]
+    if any(None in run for c in order for run in c.machines):
         legend.append("?: not recorded (a run from before runs wrote machine.json)")
     if legend:
         lines += ["", "Machines: " + "; ".join(legend) + "."]

@@ -67,6 +67,7 @@ def _remove_run_dir(out_dir: Path) -> None:
         path.unlink(missing_ok=True)
     shutil.rmtree(out_dir / checkpoint.SUBDIR, ignore_errors=True)
     (out_dir / ".lock").unlink(missing_ok=True)
+    (out_dir / "machine.json").unlink(missing_ok=True)
     for folder in (out_dir / ".hydra", out_dir):
         with contextlib.suppress(OSError):
             folder.rmdir()  # only if empty: it may hold files that are not ours

@@ -19,7 +19,9 @@ def fake_run(path, algo, env_id, seed, final=None, minutes=10.0, lr=0.001, tag="
     path.mkdir(parents=True)
     if cpus:  # machine.json: one entry per process that trained the run
         (path / "machine.json").write_text(json.dumps([
-            {"from_step": i * 1000, "cpu": cpu, "cpus": 2, "torch": "2.13.0+cpu", "mujoco": "3.3.7", "device": "cpu"}
+            {"from_step": i * 1000, "cpu": cpu} if cpu is None else
+            {"from_step": i * 1000, "cpu": cpu, "cpus": 2, "python": "3.11.7", "torch": "2.13.0+cpu", "numpy": "2.4.6",
+             "gymnasium": "1.4.0", "mujoco": "3.3.7", "device": "cpu"}
             for i, cpu in enumerate(cpus)]))
     with SummaryWriter(str(path)) as w:
         for step in range(20):
@@ -44,11 +46,12 @@ def _row(text, task, updater):
 
 def test_rows_per_task_and_updater_against_direct_computation(tmp_path, table, capsys):
     finals = {"trpo": [3500.0, 3700.0, 3650.0, 1200.0], "ppo": [2000.0, 2500.0, 3000.0]}
-    cpus = {"trpo": ["Xeon", "EPYC", "Xeon", "Xeon"], "ppo": ["EPYC", "EPYC", "Xeon"]}  # where each seed ran
+    # where each seed ran (per process); ppo's seed 2 moved, seed 1 was begun by a version that recorded nothing
+    cpus = {"trpo": [["Xeon"], ["EPYC"], ["Xeon"], ["Xeon"]], "ppo": [["EPYC"], [None, "EPYC"], ["EPYC", "Xeon"]]}
     for algo, values in finals.items():
         for seed, v in enumerate(values):
             fake_run(tmp_path / "runs" / f"{algo}_Hopper" / f"s{seed}", algo, "Hopper-v5", seed, v, minutes=4 + seed,
-                     cpus=[cpus[algo][seed]])
+                     cpus=cpus[algo][seed])
     fake_run(tmp_path / "runs" / "ppo_Hopper" / "s9", "ppo", "Hopper-v5", 9)  # stopped: not drawn
     fake_run(tmp_path / "runs" / "ppo_Hopper" / "s8", "ppo", "Hopper-v5", 8)  # still training: not drawn
     lock = tmp_path / "runs" / "ppo_Hopper" / "s8" / ".lock"
@@ -79,11 +82,11 @@ def test_rows_per_task_and_updater_against_direct_computation(tmp_path, table, c
     assert trpo[6] == "5.5"  # the median of 4, 5, 6, 7 minutes per 1M steps
     assert trpo[7] == "M1, M2" and trpo[10].startswith("no")  # mean 3012 < 3600
     ppo = _row(text, "Hopper", "PPO-clip").split(" | ")
-    assert ppo[2] == "3 (+1 running) (+1 stopped)" and "Tianshou 2609" in ppo[8] and ppo[7] == "M2, M1"
+    assert ppo[2] == "3 (+1 running) (+1 stopped)" and "Tianshou 2609" in ppo[8] and ppo[7] == "M2, ?→M2, M2→M1"
     ant = _row(text, "Ant", "KL-penalty").split(" | ")
     assert ant[7] == "?" and ant[10] == "yes (< 3 seeds) |"  # a run from before machine.json
-    assert ("Machines: M1: Xeon (2 CPUs), torch 2.13.0+cpu, MuJoCo 3.3.7; M2: EPYC (2 CPUs), torch 2.13.0+cpu, "
-            "MuJoCo 3.3.7; ?: not recorded") in text
+    libraries = "Python 3.11.7, torch 2.13.0+cpu, numpy 2.4.6, gymnasium 1.4.0, MuJoCo 3.3.7"
+    assert (f"Machines: M1: Xeon (2 CPUs), {libraries}; M2: EPYC (2 CPUs), {libraries}; ?: not recorded") in text
     assert {p.name for p in (tmp_path / "fig").glob("*.png")} == {"hopper.png", "ant.png"}
 
 

@@ -97,6 +97,28 @@ def test_a_run_records_each_machine_that_trained_it(tmp_path, monkeypatch):
     assert [(e["from_step"], e["cpu"]) for e in entries] == [(0, here["cpu"]), (2 * BATCH, "another CPU")]
 
 
+@pytest.mark.parametrize("content", [None, "{bad", "null", '{"from_step": 0}', "[1]", '[{"from_step": "x"}]'])
+def test_a_resume_with_no_or_a_damaged_machine_record_counts_those_steps_unknown(tmp_path, capsys, content):
+    cfg = resumable("ppo")
+    reference = tmp_path / "reference"
+    run(cfg, reference)
+    resumed = interrupt_at(reference, 4 * BATCH, tmp_path / "resumed")
+    if content is None:  # a run begun by a version that did not record its machine
+        (resumed / MACHINE_FILE).unlink()
+    else:
+        (resumed / MACHINE_FILE).write_text(content)
+    capsys.readouterr()
+    run(cfg, resumed, resume=checkpoint.load_latest(resumed)[0])
+    entries = json.loads((resumed / MACHINE_FILE).read_text())
+    assert entries == [{"from_step": 0, "cpu": None}, {"from_step": 4 * BATCH} | machine()]
+    assert deterministic_metrics(resumed) == deterministic_metrics(reference)  # the run itself goes on
+    said = capsys.readouterr().err
+    if content is None:
+        assert MACHINE_FILE not in said
+    else:
+        assert f"{MACHINE_FILE} cannot be read" in said and (resumed / f"{MACHINE_FILE}.damaged").read_text() == content
+
+
 def test_checkpoints_do_not_change_the_run(tmp_path):
     """Finishing the overlapped critic update early for a checkpoint computes the same thing."""
     run(resumable("ppo", "rollout.workers=1"), tmp_path / "with")
