@@ -277,3 +277,12 @@ def test_the_documented_records_are_versioned():
     out = subprocess.run(["git", "-C", str(REPO), "check-ignore", "--no-index", *paths], capture_output=True, text=True)
     assert out.returncode == 1 and out.stdout == "", out.stdout  # 1: none of them is ignored
 
+
+
+def test_the_docs_table_is_the_table_of_the_versioned_records(tmp_path, table, capsys):
+    """docs/benchmarks.md's table is rebuilt, to the character, from docs/table/runs by the documented command."""
+    docs = REPO / "docs" / "benchmarks.md"
+    copy = tmp_path / "benchmarks.md"
+    copy.write_text(docs.read_text())
+    assert table.main([str(REPO / "docs" / "table" / "runs"), "--docs", str(copy)]) == 0, capsys.readouterr().err
+    assert copy.read_text() == docs.read_text()
