@@ -48,6 +48,18 @@ def test_every_benchmark_cell_has_a_tuned_file_for_its_task(algo):
         assert f"on {task}" in comment and len(comment) > 100  # where its values come from
 
 
+
+@pytest.mark.parametrize("projection", ["kl", "w2", "frobenius"])
+def test_the_projection_updater_has_its_tuned_files_for_every_type(projection):
+    """docs/benchmarks.md's projection runs: HalfCheetah and Hopper files, the same for each projection type."""
+    for task, check in (("HalfCheetah", lambda c: c.policy.log_std_init == -1.0),
+                        ("Hopper", lambda c: (c.env.num_envs, c.rollout.steps_per_env, c.critic.optim) ==
+                         (2, 1024, "adam"))):
+        cfg = make_cfg("algo=projection", f"algo.projection={projection}", f"env={task}")
+        validate(cfg)
+        assert cfg.tuned.file == f"projection_{task}" and cfg.algo.projection == projection and check(cfg)
+    assert make_cfg("algo=projection", "env=Walker2d").tuned.file is None
+
 def test_misspelt_key_fails_at_compose_time():
     with pytest.raises(Exception, match="lrr"):
         make_cfg("algo.lrr=0.1")
