@@ -30,7 +30,7 @@ from rl_trust import checkpoint, sweep
 from rl_trust.config import register_configs, schema_keys, unknown_key, validate
 from rl_trust.errors import CheckpointError, ConfigError, DivergedError, WorkerError
 from rl_trust.runs import holds_run, resume_config
-from rl_trust.train import run
+from rl_trust.train import MACHINE_FILE, run
 from rl_trust.workers import resolve_workers
 
 register_configs()
@@ -67,7 +67,7 @@ def _remove_run_dir(out_dir: Path) -> None:
         path.unlink(missing_ok=True)
     shutil.rmtree(out_dir / checkpoint.SUBDIR, ignore_errors=True)
     (out_dir / ".lock").unlink(missing_ok=True)
-    (out_dir / "machine.json").unlink(missing_ok=True)
+    (out_dir / MACHINE_FILE).unlink(missing_ok=True)
     for folder in (out_dir / ".hydra", out_dir):
         with contextlib.suppress(OSError):
             folder.rmdir()  # only if empty: it may hold files that are not ours
